@@ -1,0 +1,174 @@
+"""Auto-checks for the book's coding exercises.
+
+Each ``check_*`` function takes the student's function (or answer), tests it
+against a reference on several cases, and returns a :class:`CheckResult`. A
+wrong answer raises nothing: the result's ``passed`` is False and its
+``message`` says *what* is wrong and gives a hint, because a checker that only
+says "wrong" teaches nothing. Chapters print ``result`` (its ``str`` is the
+message).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
+           "check_jacobian_product"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of a check: ``passed`` and a message for the student."""
+
+    passed: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        return ("PASSED: " if self.passed else "NOT YET: ") + self.message
+
+
+def _as_float(value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"expected a single number, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach())
+    return float(value)
+
+
+def _params_with_grads(shapes, scale: float, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.zeros(shape, requires_grad=True)
+        p.grad = scale * torch.randn(shape, generator=g)
+        params.append(p)
+    return params
+
+
+def check_global_grad_norm(fn: Callable) -> CheckResult:
+    """Check a student's ``fn(parameters) -> float``: the global L2 norm of all
+    gradients, ``sqrt(sum_p ||g_p||^2)``, skipping parameters without a gradient.
+
+    The reference is ``torch.nn.utils.get_total_norm`` of the gradients, i.e. the
+    number ``torch.nn.utils.clip_grad_norm_`` returns.
+    """
+    cases = [
+        ("three tensors", _params_with_grads([(3, 4), (5,), (2, 2, 2)], 1.0, 0)),
+        ("large gradients (1e20)", _params_with_grads([(10,), (10,)], 1e20, 1)),
+        ("one tensor", _params_with_grads([(7,)], 1.0, 2)),
+    ]
+    no_grad = torch.zeros(3, requires_grad=True)
+    cases.append(("a parameter without .grad", _params_with_grads([(4,)], 1.0, 3) + [no_grad]))
+    for label, params in cases:
+        grads = [p.grad for p in params if p.grad is not None]
+        expected = float(torch.nn.utils.get_total_norm(grads, 2.0))
+        try:
+            got = _as_float(fn(list(params)))
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:  # the student's code raised: say which case
+            hint = ""
+            if "NoneType" in str(exc):
+                hint = " Hint: some parameters have p.grad = None; skip them."
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} "
+                                      f"on the case '{label}'.{hint}")
+        if math.isclose(got, expected, rel_tol=1e-4):
+            continue
+        per_tensor = [float(g.norm()) for g in grads]
+        if math.isclose(got, sum(per_tensor), rel_tol=1e-4):
+            hint = "you added the per-tensor norms; add their squares and take one square root."
+        elif math.isclose(got, expected**2, rel_tol=1e-4):
+            hint = "you returned the squared norm; take the square root at the end."
+        elif math.isclose(got, max(per_tensor), rel_tol=1e-4):
+            hint = "you returned the largest per-tensor norm; the global norm combines all of them."
+        elif not math.isfinite(got):
+            hint = ("the result overflowed: squaring 1e20 in float32 gives inf. Compute each "
+                    "tensor's norm first (torch.linalg.vector_norm), then combine the norms.")
+        else:
+            hint = "compare with torch.nn.utils.get_total_norm([p.grad for p in params])."
+        return CheckResult(False, f"on the case '{label}' you returned {got:.6g}, expected "
+                                  f"{expected:.6g}: {hint}")
+    return CheckResult(True, "your global gradient norm matches torch.nn.utils.get_total_norm "
+                             "on all cases, including huge gradients and missing .grad.")
+
+
+def check_transient_growth(W, *, min_peak: float = 100.0, max_power: int = 200) -> CheckResult:
+    """Check a matrix ``W`` whose spectral radius is below 1 but whose powers
+    still grow: ``max_k ||W^k||_2 >= min_peak`` for some ``k <= max_power``,
+    and ``||W^k||`` decays afterwards."""
+    W = torch.as_tensor(W, dtype=torch.float64)
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        return CheckResult(False, f"W must be a square matrix, got shape {tuple(W.shape)}.")
+    if not bool(torch.isfinite(W).all()):
+        return CheckResult(False, "W contains NaN or inf.")
+    rho = float(torch.linalg.eigvals(W).abs().max())
+    if rho >= 1.0:
+        return CheckResult(False, f"the spectral radius of W is {rho:.4g} >= 1, so its powers grow "
+                                  "for ever; the exercise asks for rho < 1 (e.g. 0.9 on the diagonal).")
+    norms = []
+    P = torch.eye(W.shape[0], dtype=torch.float64)
+    for _ in range(max_power):
+        P = P @ W
+        norms.append(float(torch.linalg.matrix_norm(P, 2)))
+    peak, k = max(norms), norms.index(max(norms)) + 1
+    if peak < min_peak:
+        sigma = float(torch.linalg.matrix_norm(W, 2))
+        return CheckResult(False, f"rho = {rho:.3g} < 1 as required, but max_k ||W^k|| = {peak:.3g} "
+                                  f"(at k = {k}) < {min_peak:g}. sigma_max(W) = {sigma:.3g}. Hint: "
+                                  "make W strongly non-normal, e.g. a large off-diagonal entry "
+                                  "in an upper-triangular matrix.")
+    return CheckResult(True, f"rho(W) = {rho:.3g} < 1, yet ||W^k|| peaks at {peak:.4g} for k = {k} "
+                             f"before decaying to {norms[-1]:.3g} at k = {max_power}.")
+
+
+def check_jacobian_product(fn: Callable) -> CheckResult:
+    """Check ``fn(weights, x) -> Tensor``: the input-output Jacobian of the tanh
+    network ``h_l = tanh(W_l h_{l-1})`` as the product of the layer Jacobians
+    ``J_l = diag(1 - h_l**2) W_l`` (last layer on the left), compared with
+    ``torch.func.jacrev`` of the network."""
+    g = torch.Generator().manual_seed(7)
+    dims = [5, 6, 4, 3]
+    weights = [torch.randn(b, a, generator=g, dtype=torch.float64) / a**0.5
+               for a, b in zip(dims[:-1], dims[1:])]
+    x = torch.randn(dims[0], generator=g, dtype=torch.float64)
+
+    def net(v):
+        for W in weights:
+            v = torch.tanh(W @ v)
+        return v
+
+    expected = torch.func.jacrev(net)(x)
+    try:
+        got = torch.as_tensor(fn([W.clone() for W in weights], x.clone()), dtype=torch.float64)
+    except NotImplementedError:
+        return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+    except Exception as exc:
+        return CheckResult(False, f"your function raised {type(exc).__name__}: {exc}")
+    if got.shape != expected.shape:
+        hint = ""
+        if got.shape == expected.T.shape:
+            hint = (" That is the transpose: multiply with the last layer on the left, "
+                    "J = J_L ... J_2 J_1.")
+        return CheckResult(False, f"the Jacobian should have shape {tuple(expected.shape)} "
+                                  f"(outputs x inputs), got {tuple(got.shape)}.{hint}")
+    if torch.allclose(got, expected, rtol=1e-6, atol=1e-9):
+        return CheckResult(True, "your product of layer Jacobians equals torch.func.jacrev of the network.")
+    # diagnose the usual slips
+    acts, v = [], x
+    for W in weights:
+        v = torch.tanh(W @ v)
+        acts.append(v)
+    no_deriv = weights[2] @ weights[1] @ weights[0]
+    if torch.allclose(got, no_deriv):
+        return CheckResult(False, "you multiplied the weights only; each layer's Jacobian also has "
+                                  "the factor diag(tanh'(z_l)) = diag(1 - h_l**2).")
+    return CheckResult(False, "the values differ from torch.func.jacrev of the network (max abs "
+                              f"error {float((got - expected).abs().max()):.3g}). Check the order of "
+                              "the product (last layer on the left) and the derivative tanh' = 1 - tanh**2.")

@@ -1,0 +1,133 @@
+"""Chapter tooling shared by the Makefile and the notebook tests.
+
+    python tests/notebooks/nbtools.py execute chapters/01_exploding.md [...]
+        execute each chapter's MyST source at its default size and write the
+        paired .ipynb with outputs (what Colab opens and the regression compares);
+    python tests/notebooks/nbtools.py compare EXECUTED.ipynb STORED.ipynb
+        compare the outputs of two executions with nbval's rules.
+
+Comparison rules follow nbval: a code cell tagged ``nbval-ignore-output`` is
+not compared, ``nbval-skip`` neither; text outputs (streams, ``text/plain``,
+errors) are compared after the substitutions in ``sanitize.cfg``; images and
+HTML are not compared.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = ROOT / "chapters"
+SANITIZE = Path(__file__).with_name("sanitize.cfg")
+IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
+
+
+def chapter_sources() -> list[Path]:
+    """Every chapter notebook source: chapters/*.md with a jupytext header."""
+    return sorted(p for p in CHAPTERS.glob("*.md") if p.read_text().startswith("---\njupytext:"))
+
+
+def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900) -> nbformat.NotebookNode:
+    """Execute a chapter (MyST .md or .ipynb) in a fresh kernel, cwd = chapters/."""
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(source)
+    if parameters:
+        src = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+        idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+        nb.cells.insert(idx + 1, cell)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(source.parent)}})
+    client.execute()
+    return nb
+
+
+def write_paired(source: Path, executed: nbformat.NotebookNode) -> Path:
+    target = source.with_suffix(".ipynb")
+    jupytext.write(executed, target, fmt="ipynb")
+    return target
+
+
+def _sanitizers() -> list[tuple[re.Pattern, str]]:
+    lines = [ln for ln in SANITIZE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    pairs = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key.strip().startswith("regex"):
+            pattern = value
+        elif key.strip().startswith("replace"):
+            pairs.append((re.compile(pattern), value))
+    return pairs
+
+
+def _text_outputs(cell, sanitizers) -> list[str]:
+    out = []
+    for o in cell.get("outputs", []):
+        if o.output_type == "stream":
+            text = o.text
+            # like nbval: a carriage return keeps only what follows it on that line
+            text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+            out.append(f"{o.name}: {text}")
+        elif o.output_type in ("execute_result", "display_data"):
+            if "text/plain" in o.get("data", {}) and not any(
+                k.startswith("image/") for k in o.get("data", {})
+            ):
+                out.append(o.data["text/plain"])
+        elif o.output_type == "error":
+            out.append(f"error: {o.ename}: {o.evalue}")
+    joined = "\n".join(out)
+    for pattern, repl in sanitizers:
+        joined = pattern.sub(repl, joined)
+    return [joined]
+
+
+def compare(executed: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> list[str]:
+    """Differences between two executions of the same chapter, as messages (empty = same)."""
+    sanitizers = _sanitizers()
+    ex_cells = [c for c in executed.cells if c.cell_type == "code"
+                and "injected-parameters" not in c.metadata.get("tags", [])]
+    st_cells = [c for c in stored.cells if c.cell_type == "code"]
+    problems = []
+    if [c.source for c in ex_cells] != [c.source for c in st_cells]:
+        return ["the code cells differ: the stored .ipynb is not the executed source "
+                "(run `make notebooks`)"]
+    for i, (ex, st) in enumerate(zip(ex_cells, st_cells)):
+        tags = set(st.metadata.get("tags", []))
+        if tags & IGNORE_TAGS:
+            continue
+        a, b = _text_outputs(ex, sanitizers), _text_outputs(st, sanitizers)
+        if a != b:
+            first = ex.source.splitlines()[0] if ex.source else ""
+            problems.append(f"code cell {i} ({first[:60]!r}):\n  stored:   {b[0][:400]!r}\n"
+                            f"  executed: {a[0][:400]!r}")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("execute", "compare"):
+        print(__doc__)
+        return 2
+    if argv[0] == "execute":
+        sources = [Path(a) for a in argv[1:]] or chapter_sources()
+        for src in sources:
+            t0 = time.perf_counter()
+            nb = execute(src.resolve())
+            target = write_paired(src.resolve(), nb)
+            print(f"{src}: executed in {time.perf_counter() - t0:.1f} s -> {target.relative_to(ROOT)}")
+        return 0
+    executed, stored = (nbformat.read(p, as_version=4) for p in argv[1:3])
+    problems = compare(executed, stored)
+    print("\n".join(problems) or "same outputs")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
