@@ -1,0 +1,87 @@
+"""The benchmark harness behind `make bench`.
+
+Each ``benchmarks/bench_*.py`` script builds a list of cases, times them with
+:func:`time_it` and writes one JSON file with :func:`write_results` to
+``benchmarks/results/<device-slug>/<name>.json``: the device's name, torch
+version, sizes and the median (and spread) of repeated timings. Results of a
+real GPU run are committed under the GPU's slug; a reader's own CPU run goes
+beside them, and the book's benchmark page plots both.
+
+Benchmarks report; they never fail on time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_slug(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda-nvidia-h100-80gb-hbm3``: the results folder name."""
+    if device.type != "cuda":
+        return "cpu"
+    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], object], device: torch.device, *, repeats: int = 20,
+            warmup: int = 3, min_time: float = 0.0) -> dict[str, float]:
+    """Median, min and max wall time of ``fn()`` in seconds over ``repeats`` calls
+    (after ``warmup`` calls), synchronising the GPU around each call."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": len(times)}
+
+
+def write_results(name: str, device: torch.device, cases: list[dict], **extra) -> Path:
+    """Write ``results/<device-slug>/<name>.json`` and return its path."""
+    out = RESULTS / device_slug(device) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        **extra,
+        "cases": cases,
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def load_results(name: str) -> dict[str, dict]:
+    """All stored results of one benchmark, keyed by device slug."""
+    found = {}
+    for path in sorted(RESULTS.glob(f"*/{name}.json")):
+        found[path.parent.name] = json.loads(path.read_text())
+    return found
