@@ -99,9 +99,11 @@ class GradNormMonitor:
         names = {id(m): n for n, m in model.named_modules()}
         for name, p in model.named_parameters():
             if p.requires_grad:
+                self.param[name] = []  # keys in model order, not in backward order
                 self._handles.append(p.register_hook(self._param_hook(name)))
         for module in modules or ():
             name = names.get(id(module), module.__class__.__name__)
+            self.output[name] = []
             self._handles.append(module.register_forward_hook(self._module_hook(name)))
 
     def _norm(self, t: torch.Tensor) -> float:
@@ -144,7 +146,7 @@ class GradNormMonitor:
     def as_array(self, kind: str = "param") -> tuple[list[str], np.ndarray]:
         """``(names, array[steps, len(names)])`` of the recorded norms."""
         record = self.param if kind == "param" else self.output
-        names = list(record)
+        names = [n for n, v in record.items() if v]
         if not names:
             return names, np.zeros((0, 0))
         steps = min(len(v) for v in record.values())

@@ -1,0 +1,81 @@
+"""The exercise checkers must accept right answers and name the mistake in wrong ones."""
+
+import torch
+
+from gradlab import checks
+
+
+def right_norm(params):
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)).item()
+
+
+def test_global_norm_right_answer():
+    result = checks.check_global_grad_norm(right_norm)
+    assert result.passed and bool(result) and str(result).startswith("PASSED")
+
+
+def test_global_norm_sum_of_norms():
+    def summed(params):
+        return sum(p.grad.norm().item() for p in params if p.grad is not None)
+    result = checks.check_global_grad_norm(summed)
+    assert not result.passed and "added the per-tensor norms" in result.message
+
+
+def test_global_norm_squared():
+    result = checks.check_global_grad_norm(lambda ps: right_norm(ps) ** 2)
+    assert not result.passed and "square root" in result.message
+
+
+def test_global_norm_overflow():
+    def naive(params):
+        return torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None))
+    result = checks.check_global_grad_norm(naive)
+    assert not result.passed and "overflowed" in result.message
+
+
+def test_global_norm_forgets_none():
+    def crashes(params):
+        return right_norm([p for p in params]) if all(p.grad is not None for p in params) else \
+            sum(p.grad.norm() for p in params)
+    result = checks.check_global_grad_norm(crashes)
+    assert not result.passed and "p.grad = None" in result.message
+
+
+def test_torch_float32_total_norm_overflows_where_ours_does_not():
+    # the reason the checker's reference is computed in float64
+    grads = [torch.full((10,), 1e20)]
+    assert torch.nn.utils.get_total_norm(grads).isinf()
+    assert not checks.check_global_grad_norm(lambda ps: torch.nn.utils.get_total_norm(
+        [p.grad for p in ps if p.grad is not None])).passed
+
+
+def test_global_norm_not_written():
+    def stub(params):
+        raise NotImplementedError
+    assert "not written yet" in checks.check_global_grad_norm(stub).message
+
+
+def test_transient_growth():
+    assert checks.check_transient_growth(torch.tensor([[0.9, 30.0], [0.0, 0.9]])).passed
+    weak = checks.check_transient_growth(torch.tensor([[0.9, 1.0], [0.0, 0.9]]))
+    assert not weak.passed and "non-normal" in weak.message
+    unstable = checks.check_transient_growth(torch.tensor([[1.1, 0.0], [0.0, 0.5]]))
+    assert not unstable.passed and ">= 1" in unstable.message
+    assert not checks.check_transient_growth(torch.ones(2, 3)).passed
+
+
+def right_jacobian(weights, x):
+    h, J = x, torch.eye(x.numel(), dtype=x.dtype)
+    for W in weights:
+        h = torch.tanh(W @ h)
+        J = torch.diag(1 - h**2) @ W @ J
+    return J
+
+
+def test_jacobian_product():
+    assert checks.check_jacobian_product(right_jacobian).passed
+    transposed = checks.check_jacobian_product(lambda w, x: right_jacobian(w, x).T)
+    assert not transposed.passed and "transpose" in transposed.message
+    weights_only = checks.check_jacobian_product(lambda w, x: w[2] @ w[1] @ w[0])
+    assert not weights_only.passed and "diag(tanh'" in weights_only.message
