@@ -1,0 +1,70 @@
+# Taming Exploding Gradients: set-up, book, tests, benchmarks.
+#   make book    set up the environment and build the book (executes every chapter)
+#   make test    set up the environment and run every test (what CI runs)
+#   make bench   run the benchmarks, write JSON under benchmarks/results/<device>/
+# Other targets: notebooks (re-execute chapters into their .ipynb), quick, nbval,
+# lint, student, clean.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONSTRAINTS := .ci/constraints.txt
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+# Jupyter, IPython and matplotlib write under $HOME; keep them inside the build.
+export JUPYTER_PLATFORM_DIRS := 1
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: all setup book notebooks test lint unit chapters-test book-test browser-deps bench nbval clean
+
+all: book
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+	mkdir -p $(VENV)/etc/ipython
+	echo 'c.IPKernelApp.log_level = "ERROR"' > $(VENV)/etc/ipython/ipython_kernel_config.py
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Build the HTML book in _build/html, executing every chapter at its default size.
+book: $(STAMP)
+	rm -rf _build/html _build/jupyter_execute _build/.doctrees
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build . -W -n --keep-going
+
+# Maintainers: re-execute chapters (default size, CPU) and store outputs in the paired .ipynb.
+notebooks: $(STAMP)
+	$(BIN)/python tests/notebooks/nbtools.py execute
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests benchmarks chapters
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/lib -q
+
+# Headless Chromium for the reader tests (Debian package).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core) >/dev/null; }
+
+# Every test: lint, unit/parity, pairing, quick papermill runs, the book build
+# (the one default-size execution), output regression, and the browser checks.
+test: $(STAMP) browser-deps lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/notebooks -q -m "not book and not browser" --durations=10
+	$(MAKE) book
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/notebooks -q -m "book or browser"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+# nbval itself on the stored notebooks (re-executes them; `make test` reuses the book's execution).
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval chapters/*.ipynb --nbval-sanitize-with tests/notebooks/sanitize.cfg -p no:randomly -q
+
+clean:
+	rm -rf _build

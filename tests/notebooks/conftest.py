@@ -1,0 +1,50 @@
+"""Shared fixtures for the chapter, book and browser tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.notebooks.nbtools import CHAPTERS, ROOT, chapter_sources
+
+BUILD = ROOT / "_build"
+HTML = BUILD / "html"
+
+
+def toc_files() -> list[str]:
+    """Every document named in _toc.yml, in reading order (without suffix)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            files.append(chapter["file"])
+            files.extend(s["file"] for s in chapter.get("sections", []))
+    return files
+
+
+def chapter_ids() -> list[str]:
+    return [p.stem for p in chapter_sources()]
+
+
+@pytest.fixture(scope="session")
+def scratch_home(tmp_path_factory) -> dict[str, str]:
+    """Environment whose HOME (and Jupyter/matplotlib dirs) point at a scratch folder."""
+    home = tmp_path_factory.mktemp("home")
+    env = dict(os.environ)
+    env.update(HOME=str(home), MPLCONFIGDIR=str(home / "mpl"), JUPYTER_DATA_DIR=str(home / "jupyter"),
+               IPYTHONDIR=str(home / "ipython"))
+    return env
+
+
+@pytest.fixture(scope="session")
+def built_html() -> Path:
+    index = HTML / "index.html"
+    if not index.exists():
+        pytest.fail("the book is not built: run `make book` (or `make test`, which builds it) first")
+    return HTML
+
+
+__all__ = ["BUILD", "CHAPTERS", "HTML", "ROOT", "chapter_ids", "chapter_sources", "toc_files"]

@@ -1,0 +1,78 @@
+"""Every chapter's MyST source and its .ipynb say the same, and the .ipynb is executed."""
+
+from __future__ import annotations
+
+import re
+
+import jupytext
+import pytest
+import yaml
+
+from tests.notebooks.conftest import ROOT, chapter_sources, toc_files
+
+SOURCES = chapter_sources()
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def test_there_are_chapters():
+    assert len(SOURCES) >= 1
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_pair_in_sync(md):
+    ipynb = md.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run `make notebooks`"
+    from_md, from_ipynb = jupytext.read(md), jupytext.read(ipynb)
+    a, b = _cells(from_md), _cells(from_ipynb)
+    assert len(a) == len(b), f"{md.name} has {len(a)} cells, {ipynb.name} {len(b)}: run `make notebooks`"
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == y, f"cell {i} differs between {md.name} and {ipynb.name}: run `make notebooks`"
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_stored_notebook_is_executed_cleanly(md):
+    nb = jupytext.read(md.with_suffix(".ipynb"))
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), "the stored notebook has unexecuted cells"
+    for c in code:
+        for out in c.get("outputs", []):
+            assert out.output_type != "error", f"error output in cell {c.source[:60]!r}"
+            assert not (out.output_type == "stream" and out.name == "stderr"), \
+                f"stderr output in cell {c.source[:60]!r}: {out.text[:200]}"
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_chapter_template(md):
+    """Parameters cell with the agreed names, nothing but imports above it, and the Colab cell."""
+    nb = jupytext.read(md)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    idx = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
+    assert len(idx) == 1, "exactly one cell must be tagged 'parameters'"
+    params = code[idx[0]].source
+    for name, default in (("device", '"auto"'), ("quick", "False"), ("seed", "0")):
+        assert re.search(rf"^{name} = {default}(?=\s|$)", params, re.M), f"parameters cell lacks {name} = {default}"
+    for c in code[: idx[0]]:
+        for line in c.source.splitlines():
+            assert not line.strip() or line.startswith(("import ", "from ", "#")), \
+                f"only imports may come before the parameters cell, found {line!r}"
+    setup = code[idx[0] + 1].source
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert "find_spec(\"gradlab\") is None" in setup and "--no-deps" in setup, \
+        "the cell after the parameters must install gradlab only when missing, with --no-deps"
+    assert f"git+{url}" in setup, "the install cell must use the repository URL from _config.yml"
+    assert not re.search(r"install[^\n]*\b(torch|numpy)\b", setup), "the install cell must not install torch/numpy"
+    text = md.read_text()
+    assert "Time to run" in text and "TIME_" not in text, "the measured run time must be filled in"
+    assert "{exercise}" in text and "{solution" in text, "a chapter ends with exercises and solutions"
+    assert "checks.check_" in text, "at least one coding exercise must have an auto-check"
+
+
+def test_every_chapter_is_in_the_toc_and_every_toc_entry_exists():
+    toc = toc_files()
+    for md in SOURCES:
+        assert f"chapters/{md.stem}" in toc, f"{md.name} is not in _toc.yml"
+    for entry in toc:
+        assert (ROOT / f"{entry}.md").exists(), f"_toc.yml names {entry}, which does not exist"
