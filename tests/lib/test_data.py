@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from gradlab.data import adding_problem, load_digits, teacher_student
 
 

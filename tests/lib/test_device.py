@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from gradlab import DeviceUnavailableError, describe_device, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -2,9 +2,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from gradlab.models import MLP, LSTMRegressor, VanillaRNN, init_linear_, single_unit_rnn
+from torch import nn
 
 
 @pytest.mark.parametrize("init, expected_var", [

@@ -2,9 +2,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from gradlab.models import MLP
 from gradlab.monitor import (
     GradNormMonitor,
@@ -16,6 +13,8 @@ from gradlab.monitor import (
     grad_norms,
     progress,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _model_with_grads(seed=0):

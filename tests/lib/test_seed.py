@@ -3,7 +3,6 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from gradlab import seed_everything
 
 

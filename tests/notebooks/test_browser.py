@@ -91,7 +91,8 @@ def test_page_reads_cleanly(page, server, doc):
     images = page.evaluate("""() => Array.from(document.querySelectorAll('main img')).map(img => ({
         src: img.getAttribute('src'), ok: img.complete && img.naturalWidth > 0,
         alt: (img.getAttribute('alt') || '').trim(),
-        caption: img.closest('figure') ? (img.closest('figure').querySelector('figcaption') || {}).innerText || '' : ''}))""")
+        caption: img.closest('figure')
+            ? (img.closest('figure').querySelector('figcaption') || {}).innerText || '' : ''}))""")
     for img in images:
         assert img["ok"], f"image did not load: {img['src']}"
         described = img["caption"].strip() or (img["alt"] and not img["alt"].endswith(".png"))
