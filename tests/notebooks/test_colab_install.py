@@ -10,6 +10,7 @@ this checkout, so the test needs no network beyond PyPI for the build backend.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,12 @@ def test_setup_cell_installs_gradlab_and_keeps_torch_numpy(colab_like_env):
     cells = {_setup_cell(md) for md in SOURCES}
     assert len(cells) == 1, "every chapter must use the same set-up cell"
     cell = cells.pop()
-    local = cell.replace("git+https://github.com/gradlab-book/taming-exploding-gradients", ROOT.as_uri())
+    # install from a copy, so that setuptools' build/ folder is not written into the checkout
+    src = python.parent.parent.parent / "src"
+    shutil.copytree(ROOT / "lib", src / "lib", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    local = cell.replace("git+https://github.com/gradlab-book/taming-exploding-gradients", src.as_uri())
     assert local != cell, "the set-up cell no longer installs from the repository URL"
     before = _versions(python)
     run = subprocess.run([python, "-c", local], capture_output=True, text=True, timeout=300)
