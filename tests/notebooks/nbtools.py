@@ -69,13 +69,12 @@ def _sanitizers() -> list[tuple[re.Pattern, str]]:
 
 
 def _text_outputs(cell, sanitizers) -> list[str]:
-    out = []
+    out: list[str] = []
+    streams: dict[str, str] = {}
     for o in cell.get("outputs", []):
         if o.output_type == "stream":
-            text = o.text
-            # like nbval: a carriage return keeps only what follows it on that line
-            text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
-            out.append(f"{o.name}: {text}")
+            # like nbval and myst-nb: a stream's chunks are merged, however the kernel split them
+            streams[o.name] = streams.get(o.name, "") + o.text
         elif o.output_type in ("execute_result", "display_data"):
             if "text/plain" in o.get("data", {}) and not any(
                 k.startswith("image/") for k in o.get("data", {})
@@ -83,6 +82,10 @@ def _text_outputs(cell, sanitizers) -> list[str]:
                 out.append(o.data["text/plain"])
         elif o.output_type == "error":
             out.append(f"error: {o.ename}: {o.evalue}")
+    for name, text in sorted(streams.items()):
+        # like nbval: a carriage return keeps only what follows it on that line
+        text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+        out.insert(0, f"{name}: {text}")
     joined = "\n".join(out)
     for pattern, repl in sanitizers:
         joined = pattern.sub(repl, joined)

@@ -44,3 +44,10 @@ def test_different_code_fails():
     a = _nb(("print(1)", "1\n", []))
     b = _nb(("print(2)", "1\n", []))
     assert "code cells differ" in compare(a, b)[0]
+
+
+def test_stream_chunks_are_merged():
+    a = _nb(("print(1, 2)", "1 2\n", []))
+    b = _nb(("print(1, 2)", "1", []))
+    b.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text=" 2\n"))
+    assert compare(a, b) == []

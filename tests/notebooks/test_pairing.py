@@ -68,6 +68,8 @@ def test_chapter_template(md):
     assert "Time to run" in text and "TIME_" not in text, "the measured run time must be filled in"
     assert "{exercise}" in text and "{solution" in text, "a chapter ends with exercises and solutions"
     assert "checks.check_" in text, "at least one coding exercise must have an auto-check"
+    assert f"{{download}}`{md.stem}.ipynb <{md.stem}.ipynb>`" in text, \
+        "the chapter must offer its executed notebook for download ({download} role)"
 
 
 def test_every_chapter_is_in_the_toc_and_every_toc_entry_exists():
