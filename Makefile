@@ -16,7 +16,7 @@ export MPLBACKEND := Agg
 export JUPYTER_PLATFORM_DIRS := 1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all setup book notebooks test lint unit chapters-test book-test browser-deps bench nbval clean
+.PHONY: all setup book notebooks test lint unit browser-deps bench nbval student clean
 
 all: book
 
@@ -68,3 +68,7 @@ nbval: $(STAMP)
 
 clean:
 	rm -rf _build
+
+# Instructors: solution-free notebooks (exercises and their stubs kept) in _build/student/.
+student: $(STAMP)
+	$(BIN)/python tests/notebooks/nbtools.py student

@@ -4,7 +4,9 @@
         execute each chapter's MyST source at its default size and write the
         paired .ipynb with outputs (what Colab opens and the regression compares);
     python tests/notebooks/nbtools.py compare EXECUTED.ipynb STORED.ipynb
-        compare the outputs of two executions with nbval's rules.
+        compare the outputs of two executions with nbval's rules;
+    python tests/notebooks/nbtools.py student
+        write solution-free notebooks to _build/student/ (exercises kept).
 
 Comparison rules follow nbval: a code cell tagged ``nbval-ignore-output`` is
 not compared, ``nbval-skip`` neither; text outputs (streams, ``text/plain``,
@@ -53,6 +55,25 @@ def write_paired(source: Path, executed: nbformat.NotebookNode) -> Path:
     target = source.with_suffix(".ipynb")
     jupytext.write(executed, target, fmt="ipynb")
     return target
+
+
+_SOLUTION = re.compile(r"^```\{solution\}[^\n]*\n.*?^```[ \t]*\n", re.S | re.M)
+_GATED = re.compile(r"^```\{solution-start\}.*?^```\{solution-end\}[^\n]*\n```[ \t]*\n", re.S | re.M)
+STUDENT_REMOVE_TAG = "solution"
+
+
+def student_version(source: Path) -> nbformat.NotebookNode:
+    """The chapter without solutions: ``{solution}`` blocks, gated
+    ``{solution-start}``..``{solution-end}`` blocks (with their code cells) and
+    cells tagged ``solution`` are removed; exercises and their stub cells stay."""
+    text = source.read_text()
+    text = _GATED.sub("", text)
+    text = _SOLUTION.sub("", text)
+    nb = jupytext.reads(text, fmt="md:myst")
+    nb.cells = [c for c in nb.cells if STUDENT_REMOVE_TAG not in c.metadata.get("tags", [])]
+    # drop markdown cells left empty by the removal
+    nb.cells = [c for c in nb.cells if c.cell_type != "markdown" or c.source.strip()]
+    return nb
 
 
 def _sanitizers() -> list[tuple[re.Pattern, str]]:
@@ -115,6 +136,13 @@ def compare(executed: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> l
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "student":
+        out = ROOT / "_build" / "student"
+        out.mkdir(parents=True, exist_ok=True)
+        for src in chapter_sources():
+            jupytext.write(student_version(src), out / f"{src.stem}.ipynb", fmt="ipynb")
+            print(f"{src.relative_to(ROOT)} -> {(out / src.stem).relative_to(ROOT)}.ipynb")
+        return 0
     if not argv or argv[0] not in ("execute", "compare"):
         print(__doc__)
         return 2

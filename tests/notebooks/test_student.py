@@ -1,0 +1,47 @@
+"""`make student`: solution-free notebooks that keep every exercise and still run."""
+
+from __future__ import annotations
+
+import re
+
+import jupytext
+import pytest
+
+from tests.notebooks.conftest import BUILD, CHAPTERS, chapter_sources
+from tests.notebooks.nbtools import student_version
+
+SOURCES = chapter_sources()
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_student_version_drops_solutions_keeps_exercises(md):
+    full = md.read_text()
+    nb = student_version(md)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "{solution" not in text, "a solution survived"
+    assert text.count("{exercise}") == full.count("{exercise}") >= 3, "exercises must all be kept (>= 3)"
+    full_code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
+    kept = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert len(kept) < len(full_code) or "{solution-start}" not in full
+    for stub in re.findall(r"YOUR CODE HERE", full):
+        assert stub in text
+    # the parameters cell is kept, so papermill can still run the student notebook
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+@pytest.mark.notebook
+def test_student_notebook_of_chapter_1_executes(scratch_home, monkeypatch):
+    """Without solutions the chapter still runs: the checks report NOT YET instead of failing."""
+    import papermill
+
+    for key, value in scratch_home.items():
+        monkeypatch.setenv(key, value)
+    md = CHAPTERS / "01_exploding.md"
+    out = BUILD / "student_run"
+    out.mkdir(parents=True, exist_ok=True)
+    jupytext.write(student_version(md), out / "student.ipynb", fmt="ipynb")
+    nb = papermill.execute_notebook(str(out / "student.ipynb"), str(out / "executed.ipynb"),
+                                    parameters={"quick": True, "device": "cpu"}, kernel_name="python3",
+                                    cwd=str(CHAPTERS), progress_bar=False, log_output=False)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "NOT YET" in printed and "not written yet" in printed
