@@ -1,6 +1,7 @@
 """The exercise checkers must accept right answers and name the mistake in wrong ones."""
 
 import torch
+
 from gradlab import checks
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from gradlab.data import adding_problem, load_digits, teacher_student
 
 

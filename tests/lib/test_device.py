@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from gradlab import DeviceUnavailableError, describe_device, resolve_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

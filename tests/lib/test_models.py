@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
-from gradlab.models import MLP, LSTMRegressor, VanillaRNN, init_linear_, single_unit_rnn
 from torch import nn
+
+from gradlab.models import MLP, LSTMRegressor, VanillaRNN, init_linear_, single_unit_rnn
 
 
 @pytest.mark.parametrize("init, expected_var", [

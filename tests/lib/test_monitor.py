@@ -2,6 +2,9 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gradlab.models import MLP
 from gradlab.monitor import (
     GradNormMonitor,
@@ -13,8 +16,6 @@ from gradlab.monitor import (
     grad_norms,
     progress,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _model_with_grads(seed=0):

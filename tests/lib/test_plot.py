@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 
 import matplotlib as mpl  # noqa: E402
 import matplotlib.colors as mcolors  # noqa: E402
+
 from gradlab import plot  # noqa: E402
 
 

@@ -3,6 +3,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from gradlab import seed_everything
 
 

@@ -1,0 +1,217 @@
+"""gradlab.clip against torch.nn.utils, AGC against its formula, and clipping's invariants."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradlab.clip import AdaptiveClipper, adaptive_clip_grad_, clip_grad_norm_, clip_grad_value_, unitwise_norm
+
+DTYPES = [torch.float32, torch.float64]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make_params(shapes, dtype=torch.float32, scale=1.0, seed=0, device="cpu", missing=()):
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for i, shape in enumerate(shapes):
+        p = torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_()
+        if i not in missing:
+            p.grad = (scale * torch.randn(shape, generator=g, dtype=dtype)).to(device)
+        params.append(p)
+    return params
+
+
+SHAPES = [(7, 3), (5,), (2, 3, 4), (1,), (16, 16)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("foreach", [None, True, False])
+@pytest.mark.parametrize("max_norm, scale", [(1.0, 1.0), (0.1, 5.0), (100.0, 0.01)])
+def test_clip_grad_norm_matches_torch(dtype, norm_type, foreach, max_norm, scale):
+    ours = make_params(SHAPES, dtype, scale, missing={3})
+    ref = copy.deepcopy(ours)
+    total = clip_grad_norm_(ours, max_norm, norm_type, foreach=foreach)
+    total_ref = torch.nn.utils.clip_grad_norm_(ref, max_norm, norm_type, foreach=foreach)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(total, total_ref, **tol)
+    for a, b in zip(ours, ref):
+        if b.grad is None:
+            assert a.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, **tol)
+
+
+def test_single_tensor_and_empty():
+    p = make_params([(4, 4)])[0]
+    q = copy.deepcopy(p)
+    torch.testing.assert_close(clip_grad_norm_(p, 0.5), torch.nn.utils.clip_grad_norm_(q, 0.5))
+    torch.testing.assert_close(p.grad, q.grad)
+    assert clip_grad_norm_([], 1.0).item() == 0.0
+    no_grads = make_params([(3,)], missing={0})
+    assert clip_grad_norm_(no_grads, 1.0).item() == torch.nn.utils.clip_grad_norm_(no_grads, 1.0).item() == 0.0
+
+
+def test_zero_gradients_stay_zero():
+    params = make_params([(5,), (3, 3)], scale=0.0)
+    assert clip_grad_norm_(params, 1.0).item() == 0.0
+    assert all(torch.count_nonzero(p.grad) == 0 for p in params)
+
+
+def test_inf_gradients_match_torch_and_can_raise():
+    ours = make_params([(4,), (3,)])
+    ours[0].grad[1] = math.inf
+    ref = copy.deepcopy(ours)
+    total = clip_grad_norm_(ours, 1.0)
+    total_ref = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    assert math.isinf(total.item()) and math.isinf(total_ref.item())
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, equal_nan=True)
+    bad = make_params([(4,)])
+    bad[0].grad[0] = math.nan
+    with pytest.raises(RuntimeError, match="Skip this step"):
+        clip_grad_norm_(bad, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):  # torch raises too
+        torch.nn.utils.clip_grad_norm_(copy.deepcopy(bad), 1.0, error_if_nonfinite=True)
+
+
+def test_mixed_dtypes_match_torch():
+    ours = make_params([(3, 3)], torch.float32, seed=1) + make_params([(4,)], torch.float64, seed=2)
+    ref = copy.deepcopy(ours)
+    torch.testing.assert_close(clip_grad_norm_(ours, 0.3), torch.nn.utils.clip_grad_norm_(ref, 0.3))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@cuda
+def test_mixed_devices_match_torch():
+    ours = make_params([(3, 3)], seed=1) + make_params([(4,)], seed=2, device="cuda")
+    ref = copy.deepcopy(ours)
+    torch.testing.assert_close(clip_grad_norm_(ours, 0.3), torch.nn.utils.clip_grad_norm_(ref, 0.3))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("fn", [clip_grad_norm_, clip_grad_value_])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_bad_thresholds(fn, bad):
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
+        fn(make_params([(3,)]), bad)
+
+
+def test_bad_norm_type_and_type_errors():
+    with pytest.raises(ValueError, match="norm_type"):
+        clip_grad_norm_(make_params([(3,)]), 1.0, norm_type=-2)
+    with pytest.raises(TypeError, match="max_norm must be a number"):
+        clip_grad_norm_(make_params([(3,)]), "1.0")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("foreach", [None, False])
+def test_clip_grad_value_matches_torch(dtype, foreach):
+    ours = make_params(SHAPES, dtype, scale=3.0, missing={1})
+    ref = copy.deepcopy(ours)
+    clip_grad_value_(ours, 0.7, foreach=foreach)
+    torch.nn.utils.clip_grad_value_(ref, 0.7, foreach=foreach)
+    for a, b in zip(ours, ref):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert torch.equal(a.grad, b.grad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4),
+    scale=st.floats(1e-4, 1e4),
+    max_norm=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 10_000),
+)
+def test_norm_clipping_never_increases_norm_and_keeps_direction(shapes, scale, max_norm, seed):
+    params = make_params(shapes, torch.float64, scale, seed)
+    before = torch.cat([p.grad.flatten() for p in params])
+    total = clip_grad_norm_(params, max_norm)
+    after = torch.cat([p.grad.flatten() for p in params])
+    assert after.norm() <= before.norm() * (1 + 1e-12)
+    assert after.norm() <= max_norm * (1 + 1e-9) or total <= max_norm
+    cosine = torch.dot(before, after) / (before.norm() * after.norm())
+    assert cosine.item() == pytest.approx(1.0, abs=1e-12)
+    assert total.item() == pytest.approx(before.norm().item(), rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), clip=st.floats(1e-3, 10), seed=st.integers(0, 1000))
+def test_value_clipping_bounds_entries_and_never_increases_them(scale, clip, seed):
+    params = make_params([(5, 4)], torch.float64, scale, seed)
+    before = params[0].grad.clone()
+    clip_grad_value_(params, clip)
+    assert params[0].grad.abs().max() <= clip
+    assert torch.all(params[0].grad.abs() <= before.abs())
+
+
+def agc_reference(w, g, clipping, eps):
+    """AGC written out unit by unit from Brock et al. (2021), eq. 3."""
+    out = g.clone()
+    units = [slice(None)] if w.ndim <= 1 else range(w.shape[0])
+    for i in units:
+        w_norm = max(w[i].norm().item(), eps)
+        g_norm = g[i].norm().item()
+        if g_norm / w_norm > clipping:
+            out[i] = g[i] * (clipping * w_norm / g_norm)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clipping", [0.01, 0.1, 1.0])
+def test_agc_matches_formula(dtype, clipping):
+    params = make_params([(6, 4), (6,), (3, 2, 3, 3)], dtype, scale=0.3)
+    with torch.no_grad():
+        params[0][2].zero_()  # a zero unit: eps keeps it trainable
+    expected = [agc_reference(p.detach(), p.grad, clipping, 1e-3) for p in params]
+    frac = adaptive_clip_grad_(params, clipping=clipping)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e)
+    assert 0.0 <= frac.item() <= 1.0
+
+
+def test_agc_unit_layout_is_rows():
+    w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    assert torch.equal(unitwise_norm(w).flatten(), torch.tensor([5.0, 1.0]))
+    p = w.clone().requires_grad_()
+    p.grad = torch.tensor([[1.0, 0.0], [10.0, 0.0]])
+    frac = adaptive_clip_grad_([p], clipping=0.5)
+    # row 0: 1/5 <= 0.5 untouched; row 1: 10/1 > 0.5 -> norm 0.5
+    assert torch.equal(p.grad[0], torch.tensor([1.0, 0.0]))
+    assert p.grad[1].norm().item() == pytest.approx(0.5)
+    assert frac.item() == 0.5
+    with pytest.raises(ValueError, match="clipping"):
+        adaptive_clip_grad_([p], clipping=-0.1)
+
+
+def test_adaptive_clipper_warmup_quantile_and_state():
+    clipper = AdaptiveClipper(quantile=0.5, window=10, warmup=3)
+    norms = []
+    for k, scale in enumerate([1.0, 2.0, 3.0, 100.0, 2.0]):
+        p = torch.zeros(4, requires_grad=True)
+        p.grad = torch.full((4,), scale / 2)  # norm = scale
+        norm, limit = clipper([p])
+        norms.append(norm)
+        if k < 3:
+            assert math.isinf(limit)
+            assert p.grad.norm().item() == pytest.approx(scale)
+        else:
+            assert limit == 2.0  # median of the history so far
+            assert p.grad.norm().item() <= 2.0 + 1e-5
+    assert norms == pytest.approx([1, 2, 3, 100, 2])  # unclipped norms are recorded
+    restored = AdaptiveClipper()
+    restored.load_state_dict(clipper.state_dict())
+    assert restored.threshold() == clipper.threshold() and restored.window == 10
+    with pytest.raises(ValueError, match="quantile"):
+        AdaptiveClipper(quantile=0)
+    with pytest.raises(ValueError, match="warmup"):
+        AdaptiveClipper(window=5, warmup=10)
