@@ -1,0 +1,82 @@
+"""Global-norm gradient clipping: time and effective memory bandwidth.
+
+Cases: torch.nn.utils.clip_grad_norm_ (foreach and per-tensor loop) and
+gradlab.clip.clip_grad_norm_ (the same two paths), against the device's copy
+bandwidth (``dst.copy_(src)``), the roofline for a memory-bound kernel.
+
+Clipping N float32 gradients reads them once for the norms and once more to
+scale them, and writes them once: at least 3 * 4 * N bytes of traffic. The
+effective bandwidth below is that count divided by the time.
+
+    python benchmarks/bench_clip.py [--device auto|cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import time_it, write_results  # noqa: E402
+
+from gradlab import resolve_device  # noqa: E402
+from gradlab.clip import clip_grad_norm_  # noqa: E402
+
+
+def make_grads(total: int, n_tensors: int, device: torch.device) -> list[torch.Tensor]:
+    size = total // n_tensors
+    params = []
+    for _ in range(n_tensors):
+        p = torch.empty(size, device=device, requires_grad=True)
+        p.grad = torch.randn(size, device=device)
+        params.append(p)
+    return params
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.quick:
+        sizes = [2**20]
+    elif device.type == "cuda":
+        sizes = [2**24, 2**27, 500_000_000]  # up to 500 M parameters (2 GB of float32)
+    else:
+        sizes = [2**20, 2**22, 2**24]
+    n_tensors = 128
+    cases = []
+    for total in sizes:
+        params = make_grads(total, n_tensors, device)
+        n = sum(p.numel() for p in params)
+        src = torch.randn(n, device=device)
+        dst = torch.empty_like(src)
+        copy = time_it(lambda: dst.copy_(src), device, repeats=10)
+        copy_gbs = 2 * 4 * n / copy["median_s"] / 1e9
+        cases.append({"impl": "copy (roofline)", "params": n, **copy, "gb_per_s": copy_gbs})
+        del src, dst
+        impls = {
+            "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
+            "torch loop": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False),
+            "gradlab foreach": lambda: clip_grad_norm_(params, 1.0, foreach=True),
+            "gradlab loop": lambda: clip_grad_norm_(params, 1.0, foreach=False),
+        }
+        for name, fn in impls.items():
+            t = time_it(fn, device, repeats=10)
+            gbs = 3 * 4 * n / t["median_s"] / 1e9
+            cases.append({"impl": name, "params": n, **t, "gb_per_s": gbs,
+                          "fraction_of_copy_bandwidth": gbs / copy_gbs})
+            print(f"{n:>11,d} params  {name:16s} {t['median_s'] * 1e3:9.3f} ms  {gbs:7.1f} GB/s "
+                  f"({gbs / copy_gbs:.0%} of copy)", flush=True)
+        del params
+    path = write_results("clip", device, cases, n_tensors=n_tensors, bytes_per_param=12,
+                         note="effective bandwidth = 12 bytes per parameter / median time")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
