@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
-           "check_jacobian_product"]
+           "check_jacobian_product", "check_clip_grad_norm"]
 
 
 @dataclass(frozen=True)
@@ -173,3 +173,53 @@ def check_jacobian_product(fn: Callable) -> CheckResult:
     return CheckResult(False, "the values differ from torch.func.jacrev of the network (max abs "
                               f"error {float((got - expected).abs().max()):.3g}). Check the order of "
                               "the product (last layer on the left) and the derivative tanh' = 1 - tanh**2.")
+
+
+def check_clip_grad_norm(fn: Callable) -> CheckResult:
+    """Check ``fn(parameters, max_norm) -> total_norm``: clip all gradients together, in
+    place, to a global L2 norm of at most ``max_norm``, returning the norm before
+    clipping, compared with ``torch.nn.utils.clip_grad_norm_``."""
+    import copy
+
+    cases = [
+        ("large gradients, max_norm=1", _params_with_grads([(4, 3), (5,), (2, 2)], 3.0, 10), 1.0),
+        ("small gradients, max_norm=100 (nothing to clip)", _params_with_grads([(6,), (3, 3)], 0.1, 11), 100.0),
+        ("one large and one tiny tensor", _params_with_grads([(8,)], 50.0, 12) +
+         _params_with_grads([(8,)], 1e-3, 13), 2.0),
+    ]
+    for label, params, max_norm in cases:
+        ref = copy.deepcopy(params)
+        expected_total = float(torch.nn.utils.clip_grad_norm_(ref, max_norm))
+        before = [p.grad.clone() for p in params]
+        try:
+            got_total = _as_float(fn(params, max_norm))
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        got = torch.cat([p.grad.flatten() for p in params])
+        want = torch.cat([p.grad.flatten() for p in ref])
+        unchanged = all(torch.equal(p.grad, b) for p, b in zip(params, before))
+        if unchanged and not torch.allclose(want, got):
+            return CheckResult(False, f"on the case '{label}' the gradients did not change: modify p.grad "
+                                      "in place (p.grad.mul_(scale)) instead of returning new tensors.")
+        if not math.isclose(got_total, expected_total, rel_tol=1e-4):
+            after_norm = float(got.norm())
+            hint = ("you returned the norm after clipping; return the norm before it."
+                    if math.isclose(got_total, after_norm, rel_tol=1e-4)
+                    else "the returned norm should be sqrt(sum over tensors of ||p.grad||^2).")
+            return CheckResult(False, f"on the case '{label}' you returned {got_total:.6g}, expected "
+                                      f"{expected_total:.6g}: {hint}")
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-7):
+            per_tensor = torch.cat([g.flatten() * min(1.0, max_norm / (float(g.norm()) + 1e-6))
+                                    for g in before])
+            if torch.allclose(got, per_tensor, rtol=1e-4, atol=1e-7):
+                hint = ("you clipped each tensor separately; scale all of them by one factor computed "
+                        "from the global norm.")
+            elif float(got.norm()) > float(torch.cat([b.flatten() for b in before]).norm()) * (1 + 1e-6):
+                hint = "you enlarged small gradients; the scale factor is min(1, max_norm / norm)."
+            else:
+                hint = "the clipped gradients differ from torch.nn.utils.clip_grad_norm_'s."
+            return CheckResult(False, f"on the case '{label}': {hint}")
+    return CheckResult(True, "your clipping matches torch.nn.utils.clip_grad_norm_: same returned norm, "
+                             "same clipped gradients, and small gradients left alone.")

@@ -196,10 +196,11 @@ class AdaptiveClipper:
     """Norm clipping with a threshold learned from the history of gradient norms.
 
     Each call computes the global gradient norm, clips at
-    ``factor * quantile(history, q)`` once ``warmup`` norms have been seen (no
-    clipping before), and appends the *unclipped* norm to a window of the last
-    ``window`` norms. A quantile (not the mean or maximum) keeps one spike from
-    raising the threshold much. Usage::
+    ``factor * quantile(history, q)`` once ``warmup`` norms have been seen (at
+    ``initial`` before that; ``inf`` means no clipping during warm-up), and
+    appends the *unclipped* norm to a window of the last ``window`` norms. A
+    quantile (not the mean or maximum) keeps one spike from raising the
+    threshold much. Usage::
 
         clipper = AdaptiveClipper(quantile=0.9, window=200)
         loss.backward()
@@ -208,7 +209,7 @@ class AdaptiveClipper:
     """
 
     def __init__(self, quantile: float = 0.9, window: int = 200, factor: float = 1.0,
-                 warmup: int = 20, norm_type: float = 2.0) -> None:
+                 warmup: int = 20, norm_type: float = 2.0, initial: float = math.inf) -> None:
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
         if not isinstance(window, int) or window < 1:
@@ -220,13 +221,14 @@ class AdaptiveClipper:
         self.factor = _check_threshold("factor", factor)
         self.warmup = warmup
         self.norm_type = _check_norm_type(norm_type)
+        self.initial = math.inf if initial == math.inf else _check_threshold("initial", initial)
         self.history: deque[float] = deque(maxlen=window)
 
     def threshold(self) -> float:
-        """The current threshold (``inf`` during warm-up)."""
+        """The current threshold (``initial`` during warm-up)."""
         finite = [h for h in self.history if math.isfinite(h)]
         if len(finite) < self.warmup:
-            return math.inf
+            return self.initial
         ordered = sorted(finite)
         idx = min(len(ordered) - 1, max(0, math.ceil(self.quantile * len(ordered)) - 1))
         return self.factor * ordered[idx]
@@ -247,9 +249,10 @@ class AdaptiveClipper:
 
     def state_dict(self) -> dict:
         return {"history": list(self.history), "quantile": self.quantile, "window": self.window,
-                "factor": self.factor, "warmup": self.warmup, "norm_type": self.norm_type}
+                "factor": self.factor, "warmup": self.warmup, "norm_type": self.norm_type,
+                "initial": self.initial}
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(state["quantile"], state["window"], state["factor"], state["warmup"],
-                      state["norm_type"])
+                      state["norm_type"], state.get("initial", math.inf))
         self.history.extend(state["history"])

@@ -79,3 +79,40 @@ def test_jacobian_product():
     assert not transposed.passed and "transpose" in transposed.message
     weights_only = checks.check_jacobian_product(lambda w, x: w[2] @ w[1] @ w[0])
     assert not weights_only.passed and "diag(tanh'" in weights_only.message
+
+
+def right_clip(params, max_norm):
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def test_clip_grad_norm_checker():
+    assert checks.check_clip_grad_norm(right_clip).passed
+
+    def per_tensor(params, max_norm):
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        for p in params:
+            p.grad.mul_(min(1.0, max_norm / (p.grad.norm().item() + 1e-6)))
+        return total
+    r = checks.check_clip_grad_norm(per_tensor)
+    assert not r.passed and "each tensor separately" in r.message
+
+    def no_min(params, max_norm):
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        for p in params:
+            p.grad.mul_(max_norm / (total + 1e-6))
+        return total
+    r = checks.check_clip_grad_norm(no_min)
+    assert not r.passed and "enlarged small gradients" in r.message
+
+    def after(params, max_norm):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    r = checks.check_clip_grad_norm(after)
+    assert not r.passed and "after clipping" in r.message
+
+    def not_in_place(params, max_norm):
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        [p.grad * 0.5 for p in params]
+        return total
+    r = checks.check_clip_grad_norm(not_in_place)
+    assert not r.passed and "in place" in r.message

@@ -213,5 +213,16 @@ def test_adaptive_clipper_warmup_quantile_and_state():
     assert restored.threshold() == clipper.threshold() and restored.window == 10
     with pytest.raises(ValueError, match="quantile"):
         AdaptiveClipper(quantile=0)
+    with pytest.raises(ValueError, match="initial"):
+        AdaptiveClipper(initial=-1.0)
+
+
+def test_adaptive_clipper_initial_threshold_during_warmup():
+    clipper = AdaptiveClipper(quantile=0.5, window=10, warmup=3, initial=1.0)
+    p = torch.zeros(4, requires_grad=True)
+    p.grad = torch.full((4,), 50.0)
+    norm, limit = clipper([p])
+    assert limit == 1.0 and norm == pytest.approx(100.0)
+    assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="warmup"):
         AdaptiveClipper(window=5, warmup=10)
