@@ -19,7 +19,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 from cycler import cycler
 
-__all__ = ["PALETTE", "STYLE", "apply_style", "book_style", "figure", "log_y", "annotate_threshold"]
+__all__ = ["PALETTE", "STYLE", "apply_style", "book_style", "figure", "log_x", "log_y", "annotate_threshold"]
 
 #: Okabe & Ito (2008) palette, distinguishable under the common colour-vision deficiencies.
 PALETTE: tuple[str, ...] = (
@@ -76,10 +76,20 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float 
 
 
 def log_y(ax, label: str | None = None) -> None:
-    """Log-scale the y axis (growth looks like a straight line) and label it."""
+    """Log-scale the y axis (growth looks like a straight line) and label it.
+    Minor ticks stay unlabelled, so that short ranges do not get crowded labels."""
     ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
     if label is not None:
         ax.set_ylabel(label)
+
+
+def log_x(ax, label: str | None = None) -> None:
+    """Log-scale the x axis and label it (minor ticks unlabelled)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    if label is not None:
+        ax.set_xlabel(label)
 
 
 def annotate_threshold(ax, y: float, text: str, *, color: str = "0.35") -> None:

@@ -30,6 +30,9 @@ def test_figure_log_y_and_threshold():
         assert fig.get_size_inches().tolist() == [6, 2]
         plot.log_y(axes[0], "norm")
         assert axes[0].get_yscale() == "log" and axes[0].get_ylabel() == "norm"
+        plot.log_x(axes[0], "step")
+        assert axes[0].get_xscale() == "log" and axes[0].get_xlabel() == "step"
+        assert isinstance(axes[0].xaxis.get_minor_formatter(), matplotlib.ticker.NullFormatter)
         plot.annotate_threshold(axes[1], 1.0, "one")
         assert any(t.get_text() == "one" for t in axes[1].texts)
         matplotlib.pyplot.close(fig)
