@@ -1,0 +1,354 @@
+"""gradlab.sparse against torch references: SparseAdam parity, lazy optimizers,
+compressors with error feedback, proximal L1 and pruning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradlab import sparse
+
+DTYPES = [torch.float32, torch.float64]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _embedding_grads(n_rows, dim, steps, touched, dtype, seed=0, device="cpu"):
+    """A list of sparse COO gradients like nn.Embedding(sparse=True) makes (with duplicates)."""
+    g = torch.Generator().manual_seed(seed)
+    grads = []
+    for _ in range(steps):
+        idx = torch.randint(0, n_rows, (touched,), generator=g)
+        vals = torch.randn(touched, dim, generator=g, dtype=dtype)
+        grads.append(torch.sparse_coo_tensor(idx[None], vals, (n_rows, dim), check_invariants=True).to(device))
+    return grads
+
+
+def _run(opt_cls, grads, init, **kw):
+    p = torch.nn.Parameter(init.clone())
+    opt = opt_cls([p], **kw)
+    for grad in grads:
+        p.grad = grad.clone()
+        opt.step()
+    return p.detach(), opt
+
+
+# ----------------------------------------------------------------------------- SparseAdam
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [{}, {"lr": 0.05, "betas": (0.5, 0.9), "eps": 1e-6}, {"maximize": True}])
+def test_sparse_adam_matches_torch_over_many_steps(dtype, kw):
+    grads = _embedding_grads(50, 4, 60, 12, dtype)
+    init = torch.randn(50, 4, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    ours, o1 = _run(sparse.SparseAdam, grads, init, **kw)
+    ref, o2 = _run(torch.optim.SparseAdam, grads, init, **kw)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+    s1, s2 = o1.state[next(iter(o1.state))], o2.state[next(iter(o2.state))]
+    assert s1["step"] == s2["step"] == 60
+    torch.testing.assert_close(s1["exp_avg"], s2["exp_avg"], rtol=tol, atol=tol)
+    torch.testing.assert_close(s1["exp_avg_sq"], s2["exp_avg_sq"], rtol=tol, atol=tol)
+
+
+def test_sparse_adam_multi_dim_sparse_and_untouched_rows():
+    g = torch.Generator().manual_seed(3)
+    init = torch.randn(6, 5, 3, generator=g, dtype=torch.float64)
+    grads = []
+    for _ in range(10):
+        idx = torch.stack([torch.randint(0, 6, (7,), generator=g), torch.randint(0, 5, (7,), generator=g)])
+        grads.append(torch.sparse_coo_tensor(idx, torch.randn(7, 3, generator=g, dtype=torch.float64),
+                                             (6, 5, 3), check_invariants=True))
+    ours, _ = _run(sparse.SparseAdam, grads, init, lr=0.1)
+    ref, _ = _run(torch.optim.SparseAdam, grads, init, lr=0.1)
+    torch.testing.assert_close(ours, ref)
+    # a row no gradient ever touches keeps its value exactly
+    one = [torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.ones(2, 5, 3, dtype=torch.float64),
+                                   (6, 5, 3), check_invariants=True)]
+    after, _ = _run(sparse.SparseAdam, one, init, lr=0.1)
+    assert torch.equal(after[1], init[1]) and not torch.equal(after[0], init[0])
+
+
+def test_sparse_adam_bad_inputs():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="learning rate"):
+        sparse.SparseAdam([p], lr=-1.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        sparse.SparseAdam([p], eps=0.0)
+    with pytest.raises(ValueError, match="index 1"):
+        sparse.SparseAdam([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="dense parameter"):
+        sparse.SparseAdam([torch.zeros(3, 2).to_sparse()])
+    opt = sparse.SparseAdam([p])
+    p.grad = torch.ones(3, 2)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        opt.step()
+
+
+def test_sparse_adam_with_embedding_module():
+    torch.manual_seed(0)
+    emb1 = torch.nn.Embedding(30, 4, sparse=True)
+    emb2 = torch.nn.Embedding(30, 4, sparse=True)
+    emb2.load_state_dict(emb1.state_dict())
+    o1, o2 = sparse.SparseAdam(emb1.parameters(), lr=0.01), torch.optim.SparseAdam(emb2.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = torch.randint(0, 30, (8, 3), generator=g)
+        for emb, opt in ((emb1, o1), (emb2, o2)):
+            opt.zero_grad()
+            emb(idx).pow(2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(emb1.weight, emb2.weight)
+
+
+# ----------------------------------------------------------------------------- LazyAdam / LazySGD
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_lazy_adam_equals_adam_when_every_row_is_touched(dtype, catch_up):
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(8, 3, generator=g, dtype=dtype) for _ in range(30)]
+    init = torch.randn(8, 3, generator=g, dtype=dtype)
+    ours, _ = _run(sparse.LazyAdam, grads, init, lr=0.01, catch_up=catch_up)
+    ref, _ = _run(torch.optim.Adam, grads, init, lr=0.01)
+    torch.testing.assert_close(ours, ref)
+    # the same through the sparse layout (all rows present)
+    ours_sp, _ = _run(sparse.LazyAdam, [x.to_sparse(1) for x in grads], init, lr=0.01, catch_up=catch_up)
+    torch.testing.assert_close(ours_sp, ref)
+
+
+def test_lazy_adam_rows_are_independent_adams():
+    """catch_up=False: each row is Adam on its own gradient sequence."""
+    grads = _embedding_grads(10, 3, 40, 3, torch.float64, seed=5)
+    init = torch.randn(10, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours, _ = _run(sparse.LazyAdam, grads, init, lr=0.02)
+    for row in range(10):
+        seq = []
+        for grad in grads:
+            dense = grad.to_dense()
+            if bool((grad.coalesce().indices()[0] == row).any()):
+                seq.append(dense[row])
+        ref, _ = _run(torch.optim.Adam, seq, init[row], lr=0.02)
+        torch.testing.assert_close(ours[row], ref)
+
+
+def test_lazy_adam_catch_up_moments_equal_dense_adam():
+    grads = _embedding_grads(12, 2, 25, 4, torch.float64, seed=7)
+    init = torch.zeros(12, 2, dtype=torch.float64)
+    _, lazy = _run(sparse.LazyAdam, grads, init, catch_up=True)
+    _, dense = _run(torch.optim.Adam, [x.to_dense() for x in grads], init)
+    sl, sd = next(iter(lazy.state.values())), next(iter(dense.state.values()))
+    last = grads[-1].coalesce().indices()[0]
+    torch.testing.assert_close(sl["exp_avg"][last], sd["exp_avg"][last])
+    torch.testing.assert_close(sl["exp_avg_sq"][last], sd["exp_avg_sq"][last])
+    # ...and SparseAdam's moments differ there: it never decays untouched rows
+    _, sp = _run(torch.optim.SparseAdam, grads, init)
+    ss = next(iter(sp.state.values()))
+    assert not torch.allclose(ss["exp_avg"][last], sd["exp_avg"][last])
+
+
+@pytest.mark.parametrize("kw", [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
+                                {"momentum": 0.5, "dampening": 0.3, "weight_decay": 0.01}, {}])
+def test_lazy_sgd_equals_sgd_on_dense_gradients(kw):
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(15)]
+    init = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    ours, _ = _run(sparse.LazySGD, grads, init, lr=0.1, **kw)
+    ref, _ = _run(torch.optim.SGD, grads, init, lr=0.1, **kw)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_lazy_sgd_equals_sgd_on_sparse_gradients_without_momentum():
+    grads = _embedding_grads(20, 3, 15, 5, torch.float32)
+    init = torch.randn(20, 3, generator=torch.Generator().manual_seed(4))
+    ours, _ = _run(sparse.LazySGD, grads, init, lr=0.1)
+    ref, _ = _run(torch.optim.SGD, grads, init, lr=0.1)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_lazy_sgd_momentum_leaves_untouched_rows():
+    init = torch.randn(4, 2, dtype=torch.float64)
+    one = torch.ones(2, 2, dtype=torch.float64)
+    g0 = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), one, (4, 2), check_invariants=True)
+    g1 = torch.sparse_coo_tensor(torch.tensor([[1]]), one[:1], (4, 2), check_invariants=True)
+    ours, _ = _run(sparse.LazySGD, [g0, g1], init, lr=0.1, momentum=0.9)
+    torch.testing.assert_close(ours[0], init[0] - 0.1)  # not moved by momentum at step 2
+    torch.testing.assert_close(ours[1], init[1] - 0.1 - 0.1 * 1.9)
+    torch.testing.assert_close(ours[2:], init[2:])
+
+
+def test_lazy_bad_inputs():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="momentum"):
+        sparse.LazySGD([p], momentum=-0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        sparse.LazySGD([p], nesterov=True)
+    with pytest.raises(ValueError, match="learning rate"):
+        sparse.LazyAdam([p], lr=0)
+
+
+# ----------------------------------------------------------------------------- compressors
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_matches_torch_topk(dtype):
+    x = torch.randn(7, 9, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    msg = sparse.topk(x, 10)
+    dense = msg.to_dense()
+    assert dense.shape == x.shape and int((dense != 0).sum()) == 10
+    expected = torch.topk(x.abs().flatten(), 10).values
+    torch.testing.assert_close(torch.sort(dense.abs().flatten(), descending=True).values[:10], expected)
+    assert msg.nbytes == 10 * x.element_size() + 40
+
+
+def test_randk_is_unbiased_when_scaled():
+    x = torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    mean = sum(sparse.randk(x, 5, generator=g, scale=True).to_dense() for _ in range(4000)) / 4000
+    torch.testing.assert_close(mean, x, atol=0.25, rtol=0)
+    plain = sparse.randk(x, 5, generator=g)
+    assert torch.equal(plain.values, x[plain.indices])
+
+
+def test_compressor_bad_k():
+    with pytest.raises(ValueError, match="k must be between"):
+        sparse.topk(torch.zeros(3), 4)
+    with pytest.raises(TypeError, match="k must be an int"):
+        sparse.randk(torch.zeros(3), 1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 40), st.integers(1, 6), st.integers(0, 10_000))
+def test_error_feedback_invariant(n, k, steps, seed):
+    """sent + new residual == gradient + old residual, exactly, at every step."""
+    k = min(k, n)
+    g = torch.Generator().manual_seed(seed)
+    ef = sparse.ErrorFeedback(lambda a: sparse.topk(a, k))
+    sent_total, grad_total = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    for _ in range(steps):
+        grad = torch.randn(n, generator=g, dtype=torch.float64)
+        old = torch.zeros(n, dtype=torch.float64) if ef.residual is None else ef.residual.clone()
+        sent = ef(grad).to_dense()
+        assert torch.equal(sent + ef.residual, grad + old)
+        sent_total += sent
+        grad_total += grad
+    torch.testing.assert_close(sent_total + ef.residual, grad_total)
+
+
+def test_error_feedback_with_randk_and_shape_check():
+    g = torch.Generator().manual_seed(0)
+    ef = sparse.ErrorFeedback(lambda a: sparse.randk(a, 3, generator=g))
+    x = torch.randn(4, 5)
+    sent = ef(x).to_dense()
+    assert torch.equal(sent + ef.residual, x)
+    with pytest.raises(ValueError, match="one ErrorFeedback per tensor"):
+        ef(torch.zeros(3))
+    with pytest.raises(TypeError, match="callable"):
+        sparse.ErrorFeedback(3)
+
+
+def test_dgc_invariant_and_clipping():
+    g = torch.Generator().manual_seed(0)
+    dgc = sparse.DGC(k=3, momentum=0.9, clip_norm=1.0)
+    for _ in range(5):
+        grad = 100 * torch.randn(30, generator=g, dtype=torch.float64)
+        v_old, u_old = dgc.v, dgc.u
+        msg = dgc(grad)
+        clipped = grad * min(1.0, 1.0 / (grad.norm().item() + 1e-6))
+        u_new = clipped if u_old is None else 0.9 * u_old + clipped
+        v_before = u_new if v_old is None else v_old + u_new
+        torch.testing.assert_close(msg.to_dense() + dgc.v, v_before)
+        assert torch.all(dgc.u.view(-1)[msg.indices] == 0)  # momentum factor masking
+    with pytest.raises(ValueError, match="clip_norm"):
+        sparse.DGC(3, clip_norm=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        sparse.DGC(3, momentum=1.0)
+
+
+def test_dgc_without_masking_or_momentum_is_error_feedback_topk():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(12, generator=g) for _ in range(6)]
+    dgc, ef = sparse.DGC(k=2, momentum=0.0), sparse.ErrorFeedback(lambda a: sparse.topk(a, 2))
+    for grad in grads:
+        torch.testing.assert_close(dgc(grad).to_dense(), ef(grad).to_dense())
+
+
+# ----------------------------------------------------------------------------- proximal L1, pruning
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_soft_threshold_is_the_l1_prox(dtype):
+    """prox(x) minimises 0.5 (z - x)^2 + t |z|: compare with a dense grid search."""
+    x = torch.linspace(-3, 3, 61, dtype=dtype)
+    t = 0.7
+    z = torch.linspace(-4, 4, 8001, dtype=dtype)
+    objective = 0.5 * (z[None] - x[:, None]) ** 2 + t * z.abs()[None]
+    best = z[objective.argmin(1)]
+    torch.testing.assert_close(sparse.soft_threshold(x, t), best, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="threshold"):
+        sparse.soft_threshold(x, -1.0)
+
+
+def test_prox_l1_in_place_and_ista_solves_lasso():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 10, generator=g, dtype=torch.float64)
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    lam = 5.0
+    x = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    lr = 1.0 / torch.linalg.matrix_norm(A, 2).item() ** 2
+    for _ in range(3000):
+        x.grad = None
+        (0.5 * (A @ x - b).pow(2).sum()).backward()
+        with torch.no_grad():
+            x -= lr * x.grad
+        sparse.prox_l1_([x], lr * lam)
+    # optimality (subgradient) conditions of the lasso
+    grad = (A.T @ (A @ x.detach() - b))
+    nz = x.detach() != 0
+    torch.testing.assert_close(grad[nz], -lam * torch.sign(x.detach()[nz]), atol=1e-6, rtol=0)
+    assert torch.all(grad[~nz].abs() <= lam + 1e-6) and 0 < int(nz.sum()) < 10
+
+
+def test_magnitude_prune_global():
+    a = torch.tensor([0.1, -5.0, 0.3])
+    b = torch.tensor([[2.0, -0.05], [0.2, 4.0]])
+    masks = sparse.magnitude_prune_([a, b], 3 / 7)
+    assert torch.equal(a, torch.tensor([0.0, -5.0, 0.3]))
+    assert torch.equal(b, torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
+    assert [m.dtype for m in masks] == [torch.bool, torch.bool]
+    assert math.isclose(sparse.density(torch.cat([a, b.flatten()])), 4 / 7)
+    with pytest.raises(ValueError, match="sparsity"):
+        sparse.magnitude_prune_([a], 1.5)
+
+
+def test_density_sparse_and_dense():
+    x = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    assert sparse.density(x) == 0.5 == sparse.density(x.to_sparse())
+    assert sparse.density(torch.zeros(0)) == 0.0
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu(dtype):
+    grads = _embedding_grads(40, 4, 20, 10, dtype)
+    init = torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    for cls in (sparse.SparseAdam, sparse.LazyAdam, sparse.LazySGD):
+        cpu, _ = _run(cls, grads, init, lr=0.01)
+        gpu, _ = _run(cls, [x.cuda() for x in grads], init.cuda(), lr=0.01)
+        torch.testing.assert_close(gpu.cpu(), cpu)
+    gpu_ref, _ = _run(torch.optim.SparseAdam, [x.cuda() for x in grads], init.cuda(), lr=0.01)
+    gpu_ours, _ = _run(sparse.SparseAdam, [x.cuda() for x in grads], init.cuda(), lr=0.01)
+    torch.testing.assert_close(gpu_ours, gpu_ref)
+    x = torch.randn(1000, device="cuda", dtype=dtype)
+    ef = sparse.ErrorFeedback(lambda a: sparse.topk(a, 10))
+    sent = ef(x).to_dense()
+    assert torch.equal(sent + ef.residual, x)
+    gg = torch.Generator(device="cuda").manual_seed(0)
+    assert sparse.randk(x, 5, generator=gg).values.device.type == "cuda"
