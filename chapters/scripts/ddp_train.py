@@ -1,0 +1,192 @@
+"""Data-parallel training of an MLP on the digits with gradient compression.
+
+Runs real ``torch.distributed`` processes (gloo on CPU, NCCL on GPUs) under
+``DistributedDataParallel`` and compares communication hooks:
+
+* ``allreduce``: torch's own ``default_hooks.allreduce_hook`` (what DDP does);
+* ``torch``: torch's ``powerSGD_hook`` (``PowerSGDState``);
+* ``gradlab``: ``gradlab.compress.powerSGD_hook``, optionally with ``clip``
+  (the local gradient is clipped before it is compressed).
+
+One launch trains several configurations one after the other (same seed, same
+batches), so the processes start once. On one machine::
+
+    torchrun --standalone --nproc_per_node 2 ddp_train.py \
+        --config name=plain,hook=allreduce \
+        --config name=powersgd4,hook=gradlab,rank=4,start=2,min_rate=0 --out runs.json
+
+On several machines, run on every node (same command, its own --node_rank)::
+
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 \
+        --rdzv_backend c10d --rdzv_endpoint HOST:29400 ddp_train.py ...
+
+Bytes are counted by wrapping ``torch.distributed.all_reduce``, through which
+every hook here communicates: the payload each worker hands to all-reduce.
+Rank 0 writes one JSON object with one entry per run (``--out -`` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as torch_powersgd
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gradlab import compress
+from gradlab.data import load_digits
+
+DEFAULTS = {"name": None, "hook": "allreduce", "rank": 1, "start": 2, "min_rate": 2.0, "lr": 0.1,
+            "clip": None, "momentum": 0.9}
+
+
+def parse_run(text: str) -> dict:
+    """``name=x,hook=gradlab,rank=4`` -> a run configuration (unknown keys are errors)."""
+    cfg = dict(DEFAULTS)
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown run option {key!r}; known: {', '.join(DEFAULTS)}")
+        if key in ("name", "hook"):
+            cfg[key] = value
+        elif key in ("rank", "start"):
+            cfg[key] = int(value)
+        else:
+            cfg[key] = None if value in ("", "none") else float(value)
+    if cfg["hook"] not in ("allreduce", "torch", "gradlab"):
+        raise SystemExit(f"hook must be allreduce, torch or gradlab, got {cfg['hook']!r}")
+    cfg["name"] = cfg["name"] or cfg["hook"]
+    return cfg
+
+
+class ByteCounter:
+    """Wraps ``torch.distributed.all_reduce`` to count the payload bytes."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.original = dist.all_reduce
+
+    def __enter__(self) -> ByteCounter:
+        def counting(tensor, *args, **kwargs):
+            self.bytes += tensor.numel() * tensor.element_size()
+            return self.original(tensor, *args, **kwargs)
+
+        dist.all_reduce = counting
+        return self
+
+    def __exit__(self, *exc) -> None:
+        dist.all_reduce = self.original
+
+
+def make_model(hidden: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def train(cfg: dict, args, data, device: torch.device) -> dict:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model(args.hidden, args.seed).to(device)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    state = None
+    if cfg["hook"] == "allreduce":
+        ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+    elif cfg["hook"] == "torch":
+        state = torch_powersgd.PowerSGDState(
+            process_group=None, matrix_approximation_rank=cfg["rank"], start_powerSGD_iter=cfg["start"],
+            min_compression_rate=cfg["min_rate"], random_seed=args.seed)
+        ddp.register_comm_hook(state, torch_powersgd.powerSGD_hook)
+    else:
+        state = compress.PowerSGDState(
+            matrix_approximation_rank=cfg["rank"], start_powerSGD_iter=cfg["start"],
+            min_compression_rate=cfg["min_rate"], random_seed=args.seed, max_norm=cfg["clip"])
+        ddp.register_comm_hook(state, compress.powerSGD_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    x, y, x_test, y_test = data
+    batches = torch.Generator().manual_seed(args.seed)
+    local = args.batch // world
+    losses, bytes_per_step, step_times, error_norms = [], [], [], []
+    with ByteCounter() as counter:
+        for _ in range(args.steps):
+            idx = torch.randint(0, len(x), (args.batch,), generator=batches)[rank * local:(rank + 1) * local]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            t0 = time.perf_counter()
+            before = counter.bytes
+            loss = nn.functional.cross_entropy(ddp(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            bytes_per_step.append(counter.bytes - before)
+            if isinstance(state, compress.PowerSGDState):
+                error_norms.append(state.error_norm())
+            # the mean loss over workers, outside the byte count
+            stats = torch.tensor([loss.item(), 0.0], device=device)
+            counter.original(stats)
+            mean_loss = stats[0].item() / world
+            losses.append(mean_loss)
+            if not math.isfinite(mean_loss) or mean_loss > args.diverge_at:
+                break
+    with torch.no_grad():
+        acc = (ddp.module(x_test.to(device)).argmax(1) == y_test.to(device)).float().mean().item()
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"config": cfg, "losses": losses, "bytes_per_step": bytes_per_step,
+            "step_time_median_s": statistics.median(step_times), "wall_s": sum(step_times),
+            "error_norms": error_norms, "test_accuracy": acc, "diverged": len(losses) < args.steps,
+            "params": n_params, "dense_bytes_per_step": 4 * n_params,
+            "shapes": [list(p.shape) for p in model.parameters()]}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", action="append", type=parse_run, default=None,
+                    help="a configuration: name=..,hook=allreduce|torch|gradlab,rank=..,start=..,"
+                         "min_rate=..,lr=..,clip=..,momentum=.. (repeatable)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64, help="global batch, split over the workers")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--diverge-at", type=float, default=100.0, help="stop a run when the loss exceeds this")
+    ap.add_argument("--backend", default="auto", help="gloo, nccl or auto (nccl when CUDA is available)")
+    ap.add_argument("--out", default="-", help="JSON file written by rank 0, '-' for stdout")
+    args = ap.parse_args(argv)
+    runs = args.config or [parse_run("hook=allreduce")]
+    use_cuda = args.backend == "nccl" or (args.backend == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dist.init_process_group(backend)
+    split = load_digits(seed=args.seed)
+    data = (split.x_train, split.y_train, split.x_test, split.y_test)
+    t0 = time.perf_counter()
+    results = [train(cfg, args, data, device) for cfg in runs]
+    record = {"world_size": dist.get_world_size(), "backend": backend, "steps": args.steps,
+              "batch": args.batch, "hidden": args.hidden, "device": str(device),
+              "total_s": time.perf_counter() - t0, "runs": results}
+    if dist.get_rank() == 0:
+        text = json.dumps(record)
+        if args.out == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
