@@ -66,10 +66,11 @@ def test_chapter_template(md):
     assert not re.search(r"install[^\n]*\b(torch|numpy)\b", setup), "the install cell must not install torch/numpy"
     text = md.read_text()
     assert "Time to run" in text and "TIME_" not in text, "the measured run time must be filled in"
-    assert "{exercise}" in text and "{solution" in text, "a chapter ends with exercises and solutions"
-    assert "checks.check_" in text, "at least one coding exercise must have an auto-check"
     assert f"{{download}}`{md.stem}.ipynb <{md.stem}.ipynb>`" in text, \
         "the chapter must offer its executed notebook for download ({download} role)"
+    if re.match(r"\d\d_", md.stem):  # numbered chapters; appendices (a1_...) have no exercises
+        assert text.count("{exercise}") >= 3 and "{solution" in text, "a chapter ends with >= 3 exercises"
+        assert "checks.check_" in text, "at least one coding exercise must have an auto-check"
 
 
 def test_every_chapter_is_in_the_toc_and_every_toc_entry_exists():
