@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
-           "check_jacobian_product", "check_clip_grad_norm"]
+           "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration"]
 
 
 @dataclass(frozen=True)
@@ -223,3 +223,47 @@ def check_clip_grad_norm(fn: Callable) -> CheckResult:
             return CheckResult(False, f"on the case '{label}': {hint}")
     return CheckResult(True, "your clipping matches torch.nn.utils.clip_grad_norm_: same returned norm, "
                              "same clipped gradients, and small gradients left alone.")
+
+
+def check_power_iteration(fn: Callable) -> CheckResult:
+    """Check ``fn(M, Q) -> (P, Q_new)``: one PowerSGD power iteration on one worker,
+    ``P = orth(M Q)`` (orthonormal columns) and ``Q_new = M^T P``, so that
+    ``P @ Q_new.T`` is the projection of ``M`` on span(M Q). The reference is
+    :func:`gradlab.compress.power_iteration`; signs and rotations of ``P`` are
+    allowed, so only the product ``P Q_new^T`` and ``P^T P = I`` are compared."""
+    from gradlab.compress import power_iteration
+
+    g = torch.Generator().manual_seed(11)
+    cases = [(torch.randn(12, 8, generator=g, dtype=torch.float64), 2),
+             (torch.randn(6, 20, generator=g, dtype=torch.float64), 3),
+             (torch.randn(9, 9, generator=g, dtype=torch.float64), 1)]
+    for M, r in cases:
+        Q0 = torch.randn(M.shape[1], r, generator=g, dtype=torch.float64)
+        P_ref, Q_ref = power_iteration(M, Q0)
+        expected = P_ref @ Q_ref.T
+        label = f"M of shape {tuple(M.shape)}, rank {r}"
+        try:
+            out = fn(M.clone(), Q0.clone())
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case {label}.")
+        if not (isinstance(out, tuple) and len(out) == 2):
+            return CheckResult(False, "return a pair (P, Q_new).")
+        P, Q = (torch.as_tensor(t, dtype=torch.float64) for t in out)
+        if P.shape != (M.shape[0], r) or Q.shape != (M.shape[1], r):
+            return CheckResult(False, f"on the case {label}: P should be {M.shape[0]} x {r} and Q_new "
+                                      f"{M.shape[1]} x {r}, got {tuple(P.shape)} and {tuple(Q.shape)}.")
+        if not torch.allclose(P.T @ P, torch.eye(r, dtype=torch.float64), atol=1e-8):
+            return CheckResult(False, f"on the case {label}: the columns of P are not orthonormal "
+                                      "(P^T P != I). Orthogonalise M @ Q, e.g. with torch.linalg.qr(...).Q.")
+        if torch.allclose(P @ Q.T, expected, atol=1e-8):
+            continue
+        if torch.allclose(P @ Q.T, 2 * expected, atol=1e-8):
+            hint = "on one worker there is nothing to average: Q_new = M.T @ P, not 2 M.T @ P."
+        else:
+            hint = "compute P from M @ Q (orthonormalised), then Q_new = M.T @ P."
+        return CheckResult(False, f"on the case {label}, P @ Q_new.T is not the projection of M on "
+                                  f"span(M Q) (max error {float((P @ Q.T - expected).abs().max()):.3g}): {hint}")
+    return CheckResult(True, "one power iteration: P has orthonormal columns and P @ Q_new.T = P P^T M, "
+                             "as in gradlab.compress.power_iteration.")

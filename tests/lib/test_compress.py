@@ -306,3 +306,18 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
     assert ours["losses"][:2] == theirs["losses"][:2] == plain["losses"][:2]
     assert ours["losses"][-1] < 0.7 * ours["losses"][0]
     assert abs(math.log(ours["losses"][-1] / theirs["losses"][-1])) < math.log(2)
+
+
+def test_check_power_iteration_accepts_a_correct_step_and_explains_mistakes():
+    from gradlab.checks import check_power_iteration
+
+    def good(M, Q):
+        P = torch.linalg.qr(M @ Q).Q
+        return P, M.T @ P
+
+    assert check_power_iteration(good).passed
+    assert check_power_iteration(lambda M, Q: power_iteration(M, Q)).passed
+    not_orth = check_power_iteration(lambda M, Q: (M @ Q, M.T @ (M @ Q)))
+    assert not not_orth.passed and "orthonormal" in not_orth.message
+    doubled = check_power_iteration(lambda M, Q: (good(M, Q)[0], 2 * good(M, Q)[1]))
+    assert not doubled.passed and "nothing to average" in doubled.message
