@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
-           "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration"]
+           "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
+           "check_error_feedback"]
 
 
 @dataclass(frozen=True)
@@ -267,3 +268,49 @@ def check_power_iteration(fn: Callable) -> CheckResult:
                                   f"span(M Q) (max error {float((P @ Q.T - expected).abs().max()):.3g}): {hint}")
     return CheckResult(True, "one power iteration: P has orthonormal columns and P @ Q_new.T = P P^T M, "
                              "as in gradlab.compress.power_iteration.")
+
+
+def check_error_feedback(fn: Callable) -> CheckResult:
+    """Check ``fn(grad, residual, k) -> (sent, new_residual)``: top-k of ``grad + residual``
+    with error feedback (Stich et al. 2018), against a reference on random cases."""
+    g = torch.Generator().manual_seed(0)
+    cases = [("a vector, zero residual", torch.randn(20, generator=g), torch.zeros(20), 3),
+             ("a vector with a residual", torch.randn(30, generator=g), torch.randn(30, generator=g), 5),
+             ("a 4x6 matrix", torch.randn(4, 6, generator=g), 0.5 * torch.randn(4, 6, generator=g), 4),
+             ("k equal to the size", torch.randn(5, generator=g), torch.randn(5, generator=g), 5)]
+    for label, grad, residual, k in cases:
+        acc = grad + residual
+        keep = torch.zeros(acc.numel(), dtype=torch.bool)
+        keep[torch.topk(acc.abs().flatten(), k).indices] = True
+        want_sent = torch.where(keep.view(acc.shape), acc, torch.zeros_like(acc))
+        try:
+            out = fn(grad.clone(), residual.clone(), k)
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        if not (isinstance(out, tuple) and len(out) == 2):
+            return CheckResult(False, "return a pair (sent, new_residual) of dense tensors.")
+        sent, new_res = (torch.as_tensor(t) for t in out)
+        if sent.shape != grad.shape or new_res.shape != grad.shape:
+            return CheckResult(False, f"on the case '{label}' the shapes are {tuple(sent.shape)} and "
+                                      f"{tuple(new_res.shape)}; both must be {tuple(grad.shape)} (dense).")
+        if not torch.allclose(sent + new_res, acc, atol=1e-6):
+            return CheckResult(False, f"on the case '{label}' sent + new_residual != grad + residual: "
+                                      "the residual must keep exactly what was not sent.")
+        nnz = int((sent != 0).sum())
+        if nnz != k:
+            return CheckResult(False, f"on the case '{label}' you sent {nnz} non-zero entries, expected k = {k}.")
+        if not torch.allclose(sent, want_sent, atol=1e-6):
+            grad_top = torch.zeros(grad.numel(), dtype=torch.bool)
+            grad_top[torch.topk(grad.abs().flatten(), k).indices] = True
+            if torch.equal(sent.flatten() != 0, grad_top):
+                hint = "you chose the entries from grad alone; choose them from grad + residual."
+            elif torch.equal(sent.flatten() != 0,
+                             torch.zeros_like(keep).index_fill_(0, torch.topk(acc.flatten(), k).indices, True)):
+                hint = "you chose the k largest values; choose the k largest magnitudes (abs)."
+            else:
+                hint = "sent must hold the k entries of grad + residual with the largest magnitude."
+            return CheckResult(False, f"on the case '{label}': {hint}")
+    return CheckResult(True, "top-k with error feedback: the k largest magnitudes of grad + residual are "
+                             "sent and the rest is kept, as in gradlab.sparse.ErrorFeedback.")

@@ -352,3 +352,25 @@ def test_cuda_matches_cpu(dtype):
     assert torch.equal(sent + ef.residual, x)
     gg = torch.Generator(device="cuda").manual_seed(0)
     assert sparse.randk(x, 5, generator=gg).values.device.type == "cuda"
+
+
+def test_check_error_feedback_passes_reference_and_catches_mistakes():
+    from gradlab import checks
+
+    def reference(grad, residual, k):
+        sent = sparse.ErrorFeedback(lambda a: sparse.topk(a, k))
+        sent.residual = residual.clone()
+        msg = sent(grad).to_dense()
+        return msg, sent.residual
+
+    def from_grad_only(grad, residual, k):
+        acc = grad + residual
+        keep = torch.zeros(acc.numel(), dtype=torch.bool)
+        keep[torch.topk(grad.abs().flatten(), k).indices] = True
+        s = torch.where(keep.view(acc.shape), acc, torch.zeros_like(acc))
+        return s, acc - s
+
+    assert checks.check_error_feedback(reference).passed
+    result = checks.check_error_feedback(from_grad_only)
+    assert not result.passed and "grad + residual" in result.message
+    assert not checks.check_error_feedback(lambda g, r, k: (g, r)).passed
