@@ -25,3 +25,24 @@ def test_outputs_reproduce(md, built_html):
     stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
     problems = compare(executed, stored)
     assert not problems, "outputs changed (re-run `make notebooks` if intended):\n" + "\n".join(problems)
+
+
+DEFAULT_BUDGET_S = 120.0  # default size: at most 2 minutes on a 2-core CPU
+
+
+@pytest.mark.book
+def test_default_size_within_budget(built_html):
+    """The book build's execution table: every chapter ran within twice its 2-minute budget."""
+    import re
+
+    page = (built_html / "chapters" / "execution.html").read_text()
+    times = {}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        if len(cells) >= 4 and cells[0].startswith("chapters/"):
+            times[cells[0]] = float(cells[3])
+    assert times, "no execution table on chapters/execution.html"
+    executed = {f"chapters/{p.stem}" for p in SOURCES}
+    assert executed <= set(times), f"chapters missing from the execution table: {executed - set(times)}"
+    slow = {doc: t for doc, t in times.items() if t > 2 * DEFAULT_BUDGET_S}
+    assert not slow, f"default-size execution over 2 x {DEFAULT_BUDGET_S:.0f} s: {slow}"
