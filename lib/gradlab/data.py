@@ -7,6 +7,8 @@
 * :func:`load_digits`: the 8x8 handwritten digits (UCI ML hand-written digits,
   1,797 images, 10 classes) that ship inside scikit-learn, as torch tensors
   with a fixed stratified train/test split.
+* :func:`load_text` / :func:`encode_chars`: a public-domain (CC0) story that
+  ships inside gradlab, for character-level language models.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["adding_problem", "teacher_student", "load_digits", "Split"]
+__all__ = ["adding_problem", "teacher_student", "load_digits", "Split", "load_text", "encode_chars"]
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -139,3 +141,30 @@ def load_digits(test_fraction: float = 0.25, *, seed: int = 0,
     as_x = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
     as_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
     return Split(as_x(x[~test_mask]), as_y(y[~test_mask]), as_x(x[test_mask]), as_y(y[test_mask]))
+
+
+def load_text(name: str = "keeper") -> str:
+    """A text shipped inside gradlab (``gradlab/texts/<name>.txt``).
+
+    ``"keeper"``: "The Keeper of the Northern Light", an original story of about
+    11,000 characters written for this book and dedicated to the public domain
+    (CC0), so a language model can be trained without downloads.
+    """
+    from importlib import resources
+
+    path = resources.files("gradlab") / "texts" / f"{name}.txt"
+    if not path.is_file():
+        available = sorted(p.name[:-4] for p in (resources.files("gradlab") / "texts").iterdir()
+                           if p.name.endswith(".txt"))
+        raise ValueError(f"no text named {name!r}; available: {available}")
+    return path.read_text(encoding="utf-8")
+
+
+def encode_chars(text: str) -> tuple[torch.Tensor, list[str]]:
+    """Character-level encoding: ``(codes, vocabulary)`` with ``vocabulary[codes[i]] == text[i]``.
+    The vocabulary is the sorted set of characters, so the encoding is deterministic."""
+    if not text:
+        raise ValueError("text is empty")
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    return torch.tensor([index[c] for c in text], dtype=torch.long), vocab

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gradlab.data import adding_problem, load_digits, teacher_student
+from gradlab.data import adding_problem, encode_chars, load_digits, load_text, teacher_student
 
 
 def test_adding_problem_structure():
@@ -56,3 +56,15 @@ def test_load_digits_split():
     assert torch.equal(again.y_test, split.y_test)
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits(test_fraction=1.0)
+
+
+def test_shipped_text_round_trips():
+    text = load_text()
+    assert len(text) > 10_000 and text.startswith("The Keeper of the Northern Light")
+    codes, vocab = encode_chars(text)
+    assert "".join(vocab[i] for i in codes.tolist()) == text
+    assert vocab == sorted(vocab) and len(vocab) == len(set(text))
+    with pytest.raises(ValueError, match="available"):
+        load_text("no-such-text")
+    with pytest.raises(ValueError, match="empty"):
+        encode_chars("")
