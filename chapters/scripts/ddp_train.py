@@ -114,7 +114,7 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
     x, y, x_test, y_test = data
     batches = torch.Generator().manual_seed(args.seed)
     local = args.batch // world
-    losses, bytes_per_step, step_times, error_norms = [], [], [], []
+    losses, bytes_per_step, step_times, error_norms, grad_norms = [], [], [], [], []
     with ByteCounter() as counter:
         for _ in range(args.steps):
             idx = torch.randint(0, len(x), (args.batch,), generator=batches)[rank * local:(rank + 1) * local]
@@ -131,6 +131,7 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
             bytes_per_step.append(counter.bytes - before)
             if isinstance(state, compress.PowerSGDState):
                 error_norms.append(state.error_norm())
+                grad_norms.append(state.grad_norm)
             # the mean loss over workers, outside the byte count
             stats = torch.tensor([loss.item(), 0.0], device=device)
             counter.original(stats)
@@ -143,7 +144,8 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     return {"config": cfg, "losses": losses, "bytes_per_step": bytes_per_step,
             "step_time_median_s": statistics.median(step_times), "wall_s": sum(step_times),
-            "error_norms": error_norms, "test_accuracy": acc, "diverged": len(losses) < args.steps,
+            "error_norms": error_norms, "grad_norms": grad_norms, "test_accuracy": acc,
+            "diverged": len(losses) < args.steps,
             "params": n_params, "dense_bytes_per_step": 4 * n_params,
             "shapes": [list(p.shape) for p in model.parameters()]}
 
@@ -162,7 +164,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="-", help="JSON file written by rank 0, '-' for stdout")
     args = ap.parse_args(argv)
     runs = args.config or [parse_run("hook=allreduce")]
-    use_cuda = args.backend == "nccl" or (args.backend == "auto" and torch.cuda.is_available())
+    # NCCL needs one GPU per process on this node
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = args.backend == "nccl" or (args.backend == "auto" and torch.cuda.device_count() >= local_world)
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

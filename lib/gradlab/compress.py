@@ -284,8 +284,10 @@ class PowerSGDState(CommStats):
 
     Extra: ``max_norm`` clips this worker's gradient in each bucket *before*
     the error is added and the result compressed (clip, then compress); with
-    one bucket this is the local global norm. ``bytes_sent`` and
-    :meth:`error_norm` are for monitoring.
+    one bucket this is the local global norm. ``bytes_sent``, ``grad_norm``
+    (this worker's gradient norm at the last step, after clipping) and
+    :meth:`error_norm` are for monitoring; ``error_norm() / grad_norm`` says how
+    many steps' worth of gradient the error buffer holds back.
     """
 
     def __init__(self, process_group=None, matrix_approximation_rank: int = 1,
@@ -308,6 +310,8 @@ class PowerSGDState(CommStats):
                                    error_feedback=use_error_feedback, seed=random_seed)
         self.iter = 0
         self.compressed_steps = 0
+        self.grad_norm = 0.0  # this worker's gradient norm (after clipping) at the last step
+        self._grad_sq = 0.0
 
     def error_norm(self) -> float:
         return self.compressor.error_norm()
@@ -329,9 +333,13 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     group = state.process_group or dist.group.WORLD
     world = dist.get_world_size(group)
     buf = bucket.buffer()
+    norm = torch.linalg.vector_norm(buf)
     if state.max_norm is not None:  # clip the local gradient before anything else
-        norm = torch.linalg.vector_norm(buf)
         buf.mul_(torch.clamp(state.max_norm / (norm + 1e-6), max=1.0))
+        norm = torch.clamp(norm, max=state.max_norm)
+    state._grad_sq += norm.item() ** 2
+    if bucket.is_last():
+        state.grad_norm, state._grad_sq = math.sqrt(state._grad_sq), 0.0
     if state.iter < state.start_powerSGD_iter:
         if bucket.is_last():
             state.iter += 1

@@ -304,6 +304,7 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
     expected = payload_bytes(ours["shapes"], "powersgd", rank=2, min_compression_rate=2)
     assert ours["bytes_per_step"][2:] == [expected] * 38 and expected < plain["dense_bytes_per_step"] / 4
     assert ours["losses"][:2] == theirs["losses"][:2] == plain["losses"][:2]
+    assert len(ours["grad_norms"]) == 40 and all(0 < g < math.inf for g in ours["grad_norms"])
     assert ours["losses"][-1] < 0.7 * ours["losses"][0]
     assert abs(math.log(ours["losses"][-1] / theirs["losses"][-1])) < math.log(2)
 
