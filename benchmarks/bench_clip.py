@@ -1,8 +1,10 @@
 """Global-norm gradient clipping: time and effective memory bandwidth.
 
 Cases: torch.nn.utils.clip_grad_norm_ (foreach and per-tensor loop) and
-gradlab.clip.clip_grad_norm_ (the same two paths), against the device's copy
-bandwidth (``dst.copy_(src)``), the roofline for a memory-bound kernel.
+gradlab.clip.clip_grad_norm_ (the same two paths), against two references for
+the attainable memory bandwidth, the roofline of a memory-bound kernel: a copy
+into another buffer (``dst.copy_(src)``) and an in-place scaling
+(``x.mul_(c)``), both counted as 8 bytes per float.
 
 Clipping N float32 gradients reads them once for the norms and once more to
 scale them, and writes them once: at least 3 * 4 * N bytes of traffic. The
@@ -36,6 +38,35 @@ def make_grads(total: int, n_tensors: int, device: torch.device) -> list[torch.T
     return params
 
 
+def measure(total: int, n_tensors: int, device: torch.device) -> list[dict]:
+    """All cases at one problem size (the tensors are freed on return)."""
+    params = make_grads(total, n_tensors, device)
+    n = sum(p.numel() for p in params)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    cases = []
+    copy = time_it(lambda: dst.copy_(src), device, repeats=10)
+    copy_gbs = 2 * 4 * n / copy["median_s"] / 1e9
+    cases.append({"impl": "copy (reference)", "params": n, **copy, "gb_per_s": copy_gbs})
+    scale = time_it(lambda: src.mul_(1.0), device, repeats=10)
+    cases.append({"impl": "in-place scale (reference)", "params": n, **scale,
+                  "gb_per_s": 2 * 4 * n / scale["median_s"] / 1e9})
+    impls = {
+        "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
+        "torch loop": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False),
+        "gradlab foreach": lambda: clip_grad_norm_(params, 1.0, foreach=True),
+        "gradlab loop": lambda: clip_grad_norm_(params, 1.0, foreach=False),
+    }
+    for name, fn in impls.items():
+        t = time_it(fn, device, repeats=10)
+        gbs = 3 * 4 * n / t["median_s"] / 1e9
+        cases.append({"impl": name, "params": n, **t, "gb_per_s": gbs,
+                      "fraction_of_copy_bandwidth": gbs / copy_gbs})
+        print(f"{n:>11,d} params  {name:16s} {t['median_s'] * 1e3:9.3f} ms  {gbs:7.1f} GB/s "
+              f"({gbs / copy_gbs:.0%} of copy)", flush=True)
+    return cases
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -49,31 +80,8 @@ def main(argv=None) -> None:
     else:
         sizes = [2**20, 2**22, 2**24]
     n_tensors = 128
-    cases = []
-    for total in sizes:
-        params = make_grads(total, n_tensors, device)
-        n = sum(p.numel() for p in params)
-        src = torch.randn(n, device=device)
-        dst = torch.empty_like(src)
-        copy = time_it(lambda: dst.copy_(src), device, repeats=10)
-        copy_gbs = 2 * 4 * n / copy["median_s"] / 1e9
-        cases.append({"impl": "copy (roofline)", "params": n, **copy, "gb_per_s": copy_gbs})
-        del src, dst
-        impls = {
-            "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
-            "torch loop": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False),
-            "gradlab foreach": lambda: clip_grad_norm_(params, 1.0, foreach=True),
-            "gradlab loop": lambda: clip_grad_norm_(params, 1.0, foreach=False),
-        }
-        for name, fn in impls.items():
-            t = time_it(fn, device, repeats=10)
-            gbs = 3 * 4 * n / t["median_s"] / 1e9
-            cases.append({"impl": name, "params": n, **t, "gb_per_s": gbs,
-                          "fraction_of_copy_bandwidth": gbs / copy_gbs})
-            print(f"{n:>11,d} params  {name:16s} {t['median_s'] * 1e3:9.3f} ms  {gbs:7.1f} GB/s "
-                  f"({gbs / copy_gbs:.0%} of copy)", flush=True)
-        del params
-    path = write_results("clip", device, cases, n_tensors=n_tensors, bytes_per_param=12,
+    cases = [case for total in sizes for case in measure(total, n_tensors, device)]
+    path = write_results("clip", device, cases, quick=args.quick, n_tensors=n_tensors, bytes_per_param=12,
                          note="effective bandwidth = 12 bytes per parameter / median time")
     print(f"wrote {path}")
 
