@@ -54,8 +54,9 @@ def _check_rank(rank: int) -> int:
 def _as_matrix(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor (float32 or float64), got {tensor.dtype}")
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{what} must be a float32 or float64 tensor, got {tensor.dtype}; the QR "
+                        "factorisation has no half-precision kernels, so cast with .float() first")
     if tensor.dim() < 2:
         raise ValueError(
             f"{what} has shape {tuple(tensor.shape)}: low-rank compression needs a matrix (2 or more "
@@ -455,8 +456,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _projector(grad: torch.Tensor, rank: int) -> torch.Tensor:
-        U, _, Vh = torch.linalg.svd(grad.float() if grad.dtype == torch.float16 else grad,
-                                    full_matrices=False)
+        low_precision = grad.dtype not in (torch.float32, torch.float64)
+        U, _, Vh = torch.linalg.svd(grad.float() if low_precision else grad, full_matrices=False)
         if grad.shape[0] >= grad.shape[1]:
             return Vh[:rank].T.to(grad.dtype).contiguous()  # n x r, right
         return U[:, :rank].to(grad.dtype).contiguous()  # m x r, left
