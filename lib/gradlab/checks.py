@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
-           "check_error_feedback"]
+           "check_error_feedback", "check_top_singular"]
 
 
 @dataclass(frozen=True)
@@ -314,3 +314,60 @@ def check_error_feedback(fn: Callable) -> CheckResult:
             return CheckResult(False, f"on the case '{label}': {hint}")
     return CheckResult(True, "top-k with error feedback: the k largest magnitudes of grad + residual are "
                              "sent and the rest is kept, as in gradlab.sparse.ErrorFeedback.")
+
+
+def check_top_singular(fn: Callable) -> CheckResult:
+    """Check ``fn(W, v, num_iters) -> (sigma, u, v)``: power iteration for the largest
+    singular value ``sigma_max(W)`` and unit singular vectors, started from ``v``.
+    The reference is :func:`gradlab.spectral.power_iteration` and ``torch.linalg.svd``;
+    a non-normal matrix tells ``sigma_max`` (iterate ``W^T W``) from the spectral
+    radius (iterate ``W``)."""
+    from gradlab.spectral import power_iteration
+
+    g = torch.Generator().manual_seed(21)
+    nonnormal = torch.tensor([[0.9, 5.0, 0.0], [0.0, 0.5, 5.0], [0.0, 0.0, 0.2]], dtype=torch.float64)
+    cases = [("a non-normal 3 x 3 matrix (rho = 0.9, sigma_max about 5.3)", nonnormal, 100),
+             ("a 20 x 12 matrix", torch.randn(20, 12, generator=g, dtype=torch.float64), 100),
+             ("a 12 x 20 matrix", torch.randn(12, 20, generator=g, dtype=torch.float64), 100)]
+    for label, W, iters in cases:
+        v0 = torch.randn(W.shape[1], generator=g, dtype=torch.float64)
+        exact = float(torch.linalg.matrix_norm(W, 2))
+        ref_sigma, _, _ = power_iteration(W, v0, num_iters=iters)
+        try:
+            out = fn(W.clone(), v0.clone(), iters)
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case {label}.")
+        if not (isinstance(out, tuple) and len(out) == 3):
+            return CheckResult(False, "return a triple (sigma, u, v).")
+        try:
+            sigma = _as_float(out[0])
+        except TypeError as exc:
+            return CheckResult(False, f"sigma must be one number: {exc}.")
+        u, v = (torch.as_tensor(t, dtype=torch.float64).flatten() for t in out[1:])
+        if u.numel() != W.shape[0] or v.numel() != W.shape[1]:
+            return CheckResult(False, f"on the case {label}: u should have {W.shape[0]} entries (rows of W) "
+                                      f"and v {W.shape[1]} (columns), got {u.numel()} and {v.numel()}.")
+        if not (math.isclose(float(u.norm()), 1.0, rel_tol=1e-6) and math.isclose(float(v.norm()), 1.0, rel_tol=1e-6)):
+            return CheckResult(False, f"on the case {label}: u and v must be unit vectors (norms "
+                                      f"{float(u.norm()):.4g} and {float(v.norm()):.4g}). Normalise after every "
+                                      "product, or the iterates overflow or underflow.")
+        if math.isclose(sigma, exact, rel_tol=1e-6) and math.isclose(sigma, float(ref_sigma), rel_tol=1e-6):
+            if float((W @ v - sigma * u).norm()) > 1e-5 * exact:
+                return CheckResult(False, f"on the case {label} sigma is right but W v != sigma u: return the "
+                                          "left vector u = W v / ||W v|| that belongs to your v.")
+            continue
+        if W.shape[0] == W.shape[1]:
+            rho = float(torch.linalg.eigvals(W).abs().max())
+            if math.isclose(sigma, rho, rel_tol=1e-3):
+                return CheckResult(False, f"on the case {label} you returned {sigma:.4g}, the spectral radius "
+                                          f"rho(W), not sigma_max = {exact:.4g}: iterating v <- W v finds the "
+                                          "largest eigenvalue. Alternate u <- W v, v <- W^T u.")
+        if math.isclose(sigma, exact**2, rel_tol=1e-6):
+            return CheckResult(False, f"on the case {label} you returned {sigma:.6g} = sigma_max^2, the top "
+                                      "eigenvalue of W^T W; sigma_max is its square root, ||W v||.")
+        return CheckResult(False, f"on the case {label} you returned sigma = {sigma:.6g}, expected "
+                                  f"{exact:.6g} (torch.linalg.matrix_norm(W, 2)).")
+    return CheckResult(True, "your power iteration finds sigma_max (not the spectral radius) and unit vectors "
+                             "with W v = sigma u, like gradlab.spectral.power_iteration.")
