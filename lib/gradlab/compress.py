@@ -299,8 +299,9 @@ class PowerSGDState(CommStats):
         if isinstance(start_powerSGD_iter, bool) or not isinstance(start_powerSGD_iter, int) \
                 or start_powerSGD_iter < 0:
             raise ValueError(f"start_powerSGD_iter must be an int >= 0, got {start_powerSGD_iter!r}")
-        if not min_compression_rate > 0:
-            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        if not min_compression_rate >= 0:
+            raise ValueError(f"min_compression_rate must be >= 0 (0 compresses every matrix), got "
+                             f"{min_compression_rate}")
         if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm}")
         self.matrix_approximation_rank = _check_rank(matrix_approximation_rank)
