@@ -309,9 +309,12 @@ class LazySGD(torch.optim.Optimizer):
         b_i \leftarrow \mu b_i + (1-\tau) d_i \;(b_i = d_i \text{ on the row's first touch}),\quad
         \theta_i \leftarrow \theta_i - \alpha\,(d_i + \mu b_i \text{ if Nesterov else } b_i).
 
-    With ``momentum=0`` and ``weight_decay=0`` it equals ``torch.optim.SGD`` on
-    sparse gradients (which torch supports only in that case); with dense
-    gradients it equals ``torch.optim.SGD`` for every setting. Momentum is
+    With ``momentum=0`` it equals ``torch.optim.SGD`` on sparse gradients; with
+    dense gradients it equals ``torch.optim.SGD`` for every setting. On sparse
+    gradients with momentum the two differ on purpose: torch's momentum buffer
+    keeps decaying and moving every row touched so far (as dense momentum
+    would), while ``LazySGD`` moves only the rows of the current gradient
+    (torch also rejects sparse gradients with weight decay). Momentum is
     Polyak's (Sutskever et al. 2013 for the Nesterov form).
     """
 

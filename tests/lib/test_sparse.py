@@ -179,6 +179,10 @@ def test_lazy_sgd_momentum_leaves_untouched_rows():
     torch.testing.assert_close(ours[0], init[0] - 0.1)  # not moved by momentum at step 2
     torch.testing.assert_close(ours[1], init[1] - 0.1 - 0.1 * 1.9)
     torch.testing.assert_close(ours[2:], init[2:])
+    # torch's SGD keeps moving row 0 with its momentum buffer: a different algorithm
+    ref, _ = _run(torch.optim.SGD, [g0, g1], init, lr=0.1, momentum=0.9)
+    torch.testing.assert_close(ref[0], init[0] - 0.1 - 0.09)
+    torch.testing.assert_close(ref[1:], ours[1:])
 
 
 def test_lazy_bad_inputs():
