@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
-           "check_error_feedback", "check_top_singular"]
+           "check_error_feedback", "check_top_singular", "check_soft_threshold"]
 
 
 @dataclass(frozen=True)
@@ -371,3 +371,38 @@ def check_top_singular(fn: Callable) -> CheckResult:
                                   f"{exact:.6g} (torch.linalg.matrix_norm(W, 2)).")
     return CheckResult(True, "your power iteration finds sigma_max (not the spectral radius) and unit vectors "
                              "with W v = sigma u, like gradlab.spectral.power_iteration.")
+
+
+def check_soft_threshold(fn: Callable) -> CheckResult:
+    """Check ``fn(x, tau)``: the soft-threshold ``sign(x) * max(|x| - tau, 0)``, the proximal
+    operator of ``tau * ||x||_1`` (one half of an ISTA step)."""
+    g = torch.Generator().manual_seed(0)
+    cases = [("random values, tau = 0.5", torch.randn(50, generator=g, dtype=torch.float64), 0.5),
+             ("values exactly at +-tau", torch.tensor([-1.0, -0.3, 0.3, 1.0], dtype=torch.float64), 0.3),
+             ("tau = 0 (no shrinkage)", torch.randn(3, 4, generator=g, dtype=torch.float64), 0.0),
+             ("a large tau", torch.randn(20, generator=g, dtype=torch.float64), 10.0)]
+    for label, x, tau in cases:
+        want = torch.sign(x) * torch.clamp(x.abs() - tau, min=0)
+        try:
+            got = torch.as_tensor(fn(x.clone(), tau), dtype=torch.float64)
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        if got.shape != x.shape:
+            return CheckResult(False, f"on the case '{label}' the result has shape {tuple(got.shape)}, "
+                                      f"expected {tuple(x.shape)}: work elementwise.")
+        if torch.allclose(got, want, atol=1e-12):
+            continue
+        if torch.allclose(got, torch.clamp(x.abs() - tau, min=0), atol=1e-12):
+            hint = "the magnitudes are right but the signs are lost: multiply by sign(x)."
+        elif torch.allclose(got, x * (x.abs() > tau), atol=1e-12):
+            hint = ("that is hard thresholding (keep x where |x| > tau); soft thresholding also shrinks "
+                    "the survivors towards 0 by tau.")
+        elif torch.allclose(got, x - tau * torch.sign(x), atol=1e-12):
+            hint = "entries with |x| <= tau must become exactly 0, not change sign."
+        else:
+            hint = "the result should be sign(x) * max(|x| - tau, 0)."
+        return CheckResult(False, f"on the case '{label}': {hint}")
+    return CheckResult(True, "soft-thresholding shrinks every entry by tau and sets |x| <= tau to exactly 0, "
+                             "as gradlab.sparse.soft_threshold does.")

@@ -378,3 +378,13 @@ def test_check_error_feedback_passes_reference_and_catches_mistakes():
     result = checks.check_error_feedback(from_grad_only)
     assert not result.passed and "grad + residual" in result.message
     assert not checks.check_error_feedback(lambda g, r, k: (g, r)).passed
+
+
+def test_check_soft_threshold_passes_reference_and_catches_mistakes():
+    from gradlab import checks
+
+    assert checks.check_soft_threshold(sparse.soft_threshold).passed
+    hard = checks.check_soft_threshold(lambda x, t: x * (x.abs() > t))
+    assert not hard.passed and "hard thresholding" in hard.message
+    unsigned = checks.check_soft_threshold(lambda x, t: torch.clamp(x.abs() - t, min=0))
+    assert not unsigned.passed and "sign" in unsigned.message
