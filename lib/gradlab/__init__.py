@@ -12,6 +12,10 @@ data     synthetic tasks (adding problem, teacher-student) and a real data set
 monitor  gradient-norm tracking with hooks, non-finite detection, spikes
 plot     the book's figure style
 checks   auto-checks for the coding exercises
+clip     gradient clipping (global norm, value, AGC, adaptive threshold)
+spectral power iteration, randomized SVD, Jacobian spectra, orthogonal init
+sparse   SparseAdam, lazy optimizers, top-k/random-k with error feedback, L1
+compress PowerSGD (standalone and as a DDP hook), GaLore-style projection
 """
 
 from gradlab.device import DeviceUnavailableError, describe_device, resolve_device
