@@ -1,0 +1,527 @@
+"""SGD and its variants, drop-in with ``torch.optim``.
+
+:class:`SGD`, :class:`Adagrad`, :class:`RMSprop`, :class:`Adam` and
+:class:`AdamW` are ``torch.optim.Optimizer`` subclasses with the constructor
+arguments, defaults, parameter groups, state names (``momentum_buffer``,
+``sum``, ``square_avg``, ``grad_avg``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq``, ``step``) and ``state_dict`` layout of their ``torch.optim``
+namesakes, so a state dict saved by one loads into the other and learning-rate
+schedulers work unchanged.
+
+Each optimizer has two code paths that compute the same update:
+
+* a readable **single-tensor** path, a Python loop over parameters
+  (``foreach=False``, the default on CPU), written to be read next to the paper;
+* a **foreach** path (``foreach=True``, the default when every parameter is on
+  CUDA) that issues one multi-tensor kernel per arithmetic operation for all
+  parameters of the same device and dtype (``torch._foreach_*``), which removes
+  the per-parameter launch overhead.
+
+``differentiable``, ``capturable`` and ``fused`` are accepted for signature
+compatibility but only at their default values: for a fused CUDA kernel use
+``torch.optim.Adam(fused=True)``.
+
+Notation: ``g_t`` the gradient at step ``t`` (after weight decay where it is
+coupled), ``lr`` the learning rate, all operations element-wise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+_Closure = Callable[[], float] | None
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_nonneg(name: str, value: float) -> None:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_unit(name: str, value: float) -> None:
+    _check_nonneg(name, value)
+    if not value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def _check_unsupported(**flags: Any) -> None:
+    for name, value in flags.items():
+        if value:
+            raise ValueError(
+                f"{name}=True is not supported by gradlab.optim; use the torch.optim optimizer "
+                f"of the same name for {name}, or leave {name} at its default")
+
+
+def _use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
+    if foreach is None:
+        return bool(params) and all(p.device.type == "cuda" for p in params)
+    return bool(foreach)
+
+
+def _group_by_device_dtype(*lists: list[torch.Tensor]) -> dict[tuple, list[list[torch.Tensor]]]:
+    """Split parallel lists of tensors by (device, dtype) of the first list."""
+    out: dict[tuple, list[list[torch.Tensor]]] = defaultdict(lambda: [[] for _ in lists])
+    for i, p in enumerate(lists[0]):
+        bucket = out[(p.device, p.dtype)]
+        for k, lst in enumerate(lists):
+            bucket[k].append(lst[i])
+    return out
+
+
+def _new_step() -> torch.Tensor:
+    # torch.optim keeps the step count as a float32 scalar tensor; so do we, so that
+    # state dicts are interchangeable.
+    return torch.tensor(0.0, dtype=torch.float32)
+
+
+def _sparse_check(p: torch.Tensor, name: str) -> None:
+    if p.grad is not None and p.grad.is_sparse:
+        raise RuntimeError(f"{name} does not support sparse gradients; "
+                           "see gradlab.sparse for lazy optimizers")
+
+
+# --------------------------------------------------------------------------- SGD
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
+
+    With ``g_t`` the minibatch gradient (an unbiased estimate of the full-batch
+    gradient), ``\lambda`` = ``weight_decay``, ``\mu`` = ``momentum``,
+    ``\tau`` = ``dampening``:
+
+    .. math::
+        g_t \leftarrow g_t + \lambda\theta_{t-1},\qquad
+        b_t = \mu b_{t-1} + (1-\tau) g_t \ (b_1 = g_1),\qquad
+        d_t = g_t + \mu b_t \text{ (Nesterov) or } b_t,\qquad
+        \theta_t = \theta_{t-1} - \text{lr}\, d_t .
+
+    Momentum as in Sutskever et al. (2013), in the form used by ``torch.optim.SGD``.
+    The step is unbounded: a gradient a thousand times larger moves the
+    parameters a thousand times further.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        _check_nonneg("lr", lr)
+        _check_nonneg("momentum", momentum)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("dampening", dampening)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0, "
+                             f"got momentum={momentum}, dampening={dampening}")
+        _check_unsupported(differentiable=differentiable, fused=fused)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=False, fused=None)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: _Closure = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                _sparse_check(p, "SGD")
+                params.append(p)
+                grads.append(p.grad)
+                bufs.append(self.state[p].get("momentum_buffer"))
+            fn = _sgd_foreach if _use_foreach(group["foreach"], params) else _sgd_single
+            fn(params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
+               dampening=group["dampening"], weight_decay=group["weight_decay"],
+               nesterov=group["nesterov"], maximize=group["maximize"])
+            if group["momentum"] != 0:
+                for p, b in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = b
+        return loss
+
+
+def _sgd_single(params, grads, bufs, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    for i, p in enumerate(params):
+        g = -grads[i] if maximize else grads[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        if momentum != 0:
+            if bufs[i] is None:                      # first step: b_1 = g_1
+                bufs[i] = g.clone().detach()
+            else:                                    # b_t = mu b_{t-1} + (1 - tau) g_t
+                bufs[i].mul_(momentum).add_(g, alpha=1 - dampening)
+            g = g.add(bufs[i], alpha=momentum) if nesterov else bufs[i]
+        p.add_(g, alpha=-lr)
+
+
+def _sgd_foreach(params, grads, bufs, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    idx = list(range(len(params)))
+    for (ps, gs, ii) in _group_by_device_dtype(params, grads, idx).values():
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        if weight_decay != 0:
+            gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+        if momentum != 0:
+            bs = []
+            for g, i in zip(gs, ii):
+                if bufs[i] is None:
+                    bufs[i] = g.clone().detach()
+                    bs.append(None)
+                else:
+                    bs.append(bufs[i])
+            old = [b for b in bs if b is not None]
+            new_g = [g for g, b in zip(gs, bs) if b is not None]
+            if old:
+                torch._foreach_mul_(old, momentum)
+                torch._foreach_add_(old, new_g, alpha=1 - dampening)
+            cur = [bufs[i] for i in ii]
+            gs = torch._foreach_add(gs, cur, alpha=momentum) if nesterov else cur
+        torch._foreach_add_(ps, gs, alpha=-lr)
+
+
+# --------------------------------------------------------------------------- Adagrad
+class Adagrad(Optimizer):
+    r"""Adagrad (Duchi, Hazan & Singer 2011).
+
+    .. math::
+        s_t = s_{t-1} + g_t^2,\qquad
+        \theta_t = \theta_{t-1} - \frac{\text{lr}}{1+(t-1)\,\text{lr\_decay}}
+        \cdot \frac{g_t}{\sqrt{s_t} + \epsilon}.
+
+    The sum ``s`` only grows: one gradient spike of size ``G`` divides every later
+    step of that coordinate by at least ``G`` for the rest of training.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        _check_nonneg("lr", lr)
+        _check_nonneg("lr_decay", lr_decay)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("initial_accumulator_value", initial_accumulator_value)
+        _check_nonneg("eps", eps)
+        _check_unsupported(differentiable=differentiable, fused=fused)
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, differentiable=False, fused=None)
+        super().__init__(params, defaults)
+        # like torch.optim.Adagrad, the state is created eagerly
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state[p]
+                st["step"] = _new_step()
+                st["sum"] = torch.full_like(p, group["initial_accumulator_value"],
+                                            memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, closure: _Closure = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, sums, steps = [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                _sparse_check(p, "Adagrad")
+                st = self.state[p]
+                params.append(p)
+                grads.append(p.grad)
+                sums.append(st["sum"])
+                steps.append(st["step"])
+            fn = _adagrad_foreach if _use_foreach(group["foreach"], params) else _adagrad_single
+            fn(params, grads, sums, steps, lr=group["lr"], lr_decay=group["lr_decay"],
+               weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        return loss
+
+
+def _adagrad_single(params, grads, sums, steps, *, lr, lr_decay, weight_decay, eps, maximize):
+    for p, g, s, t in zip(params, grads, sums, steps):
+        t += 1
+        g = -g if maximize else g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        clr = lr / (1 + (t.item() - 1) * lr_decay)
+        s.addcmul_(g, g, value=1)                    # s_t = s_{t-1} + g_t^2
+        std = s.sqrt().add_(eps)
+        p.addcdiv_(g, std, value=-clr)
+
+
+def _adagrad_foreach(params, grads, sums, steps, *, lr, lr_decay, weight_decay, eps, maximize):
+    for ps, gs, ss, ts in _group_by_device_dtype(params, grads, sums, steps).values():
+        torch._foreach_add_(ts, 1)
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        if weight_decay != 0:
+            gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+        torch._foreach_addcmul_(ss, gs, gs, value=1)
+        std = torch._foreach_sqrt(ss)
+        torch._foreach_add_(std, eps)
+        clrs = [-lr / (1 + (t.item() - 1) * lr_decay) for t in ts]
+        torch._foreach_addcdiv_(ps, gs, std, clrs)
+
+
+# --------------------------------------------------------------------------- RMSprop
+class RMSprop(Optimizer):
+    r"""RMSprop (Tieleman & Hinton 2012), plain, centered and with momentum.
+
+    .. math::
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2,\quad
+        \bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t \text{ (centered)},\quad
+        d_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2} + \epsilon}
+        \ \Big(\text{or } \frac{g_t}{\sqrt{v_t} + \epsilon}\Big),
+
+    then ``b_t = momentum * b_{t-1} + d_t`` and ``theta -= lr * b_t`` when
+    ``momentum > 0``, else ``theta -= lr * d_t``.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, capturable: bool = False, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False) -> None:
+        _check_nonneg("lr", lr)
+        _check_nonneg("eps", eps)
+        _check_nonneg("momentum", momentum)
+        _check_nonneg("weight_decay", weight_decay)
+        _check_nonneg("alpha", alpha)
+        _check_unsupported(capturable=capturable, differentiable=differentiable)
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        centered=centered, capturable=False, foreach=foreach, maximize=maximize,
+                        differentiable=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: _Closure = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, sq, gavg, bufs, steps = [], [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                _sparse_check(p, "RMSprop")
+                st = self.state[p]
+                if len(st) == 0:
+                    st["step"] = _new_step()
+                    st["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["momentum"] > 0:
+                        st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["centered"]:
+                        st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                sq.append(st["square_avg"])
+                gavg.append(st.get("grad_avg"))
+                bufs.append(st.get("momentum_buffer"))
+                steps.append(st["step"])
+            fn = _rmsprop_foreach if _use_foreach(group["foreach"], params) else _rmsprop_single
+            fn(params, grads, sq, gavg, bufs, steps, lr=group["lr"], alpha=group["alpha"],
+               eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
+               centered=group["centered"], maximize=group["maximize"])
+        return loss
+
+
+def _rmsprop_single(params, grads, sq, gavg, bufs, steps, *, lr, alpha, eps, weight_decay,
+                    momentum, centered, maximize):
+    for i, p in enumerate(params):
+        steps[i] += 1
+        g = -grads[i] if maximize else grads[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        v = sq[i].mul_(alpha).addcmul_(g, g, value=1 - alpha)   # v_t
+        if centered:
+            m = gavg[i].lerp_(g, 1 - alpha)                      # running mean of g
+            denom = v.addcmul(m, m, value=-1).sqrt_().add_(eps)   # sqrt(Var g) + eps
+        else:
+            denom = v.sqrt().add_(eps)
+        if momentum > 0:
+            bufs[i].mul_(momentum).addcdiv_(g, denom)
+            p.add_(bufs[i], alpha=-lr)
+        else:
+            p.addcdiv_(g, denom, value=-lr)
+
+
+def _rmsprop_foreach(params, grads, sq, gavg, bufs, steps, *, lr, alpha, eps, weight_decay,
+                     momentum, centered, maximize):
+    lists = (params, grads, sq, steps, gavg if centered else params,
+             bufs if momentum > 0 else params)
+    for ps, gs, vs, ts, ms, bs in _group_by_device_dtype(*lists).values():
+        torch._foreach_add_(ts, 1)
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        if weight_decay != 0:
+            gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+        torch._foreach_mul_(vs, alpha)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - alpha)
+        if centered:
+            torch._foreach_lerp_(ms, gs, 1 - alpha)
+            denom = torch._foreach_addcmul(vs, ms, ms, value=-1)
+            torch._foreach_sqrt_(denom)
+        else:
+            denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, eps)
+        if momentum > 0:
+            torch._foreach_mul_(bs, momentum)
+            torch._foreach_addcdiv_(bs, gs, denom)
+            torch._foreach_add_(ps, bs, alpha=-lr)
+        else:
+            torch._foreach_addcdiv_(ps, gs, denom, value=-lr)
+
+
+# --------------------------------------------------------------------------- Adam / AdamW
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba 2015), with AMSGrad and optional decoupled weight decay.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\\
+        \hat m_t = m_t / (1-\beta_1^t),\qquad \hat v_t = v_t / (1-\beta_2^t),\qquad
+        \theta_t = \theta_{t-1} - \text{lr}\,\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
+
+    AMSGrad replaces ``v_t`` by its running maximum. Coupled weight decay adds
+    ``weight_decay * theta`` to ``g_t``; with ``decoupled_weight_decay=True``
+    (AdamW, Loshchilov & Hutter 2019) the parameters are instead multiplied by
+    ``1 - lr * weight_decay`` before the update.
+
+    Each coordinate's step is about ``lr`` and, for ``(1-beta1) <= sqrt(1-beta2)``,
+    at most ``lr (1-beta1)/sqrt(1-beta2)`` (Kingma & Ba, Sec. 2.1); the whole update
+    can still reach ``lr * sqrt(d)`` for ``d`` parameters.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False) -> None:
+        _check_nonneg("lr", lr)
+        _check_nonneg("eps", eps)
+        _check_nonneg("weight_decay", weight_decay)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _check_unit("betas[0]", betas[0])
+        _check_unit("betas[1]", betas[1])
+        _check_unsupported(capturable=capturable, differentiable=differentiable, fused=fused)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, foreach=foreach, maximize=maximize, capturable=False,
+                        differentiable=False, fused=None,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("decoupled_weight_decay", isinstance(self, AdamW))
+
+    @torch.no_grad()
+    def step(self, closure: _Closure = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, ms, vs, vmax, steps = [], [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                _sparse_check(p, type(self).__name__)
+                st = self.state[p]
+                if len(st) == 0:
+                    st["step"] = _new_step()
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["amsgrad"]:
+                        st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                ms.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+                vmax.append(st.get("max_exp_avg_sq"))
+                steps.append(st["step"])
+            fn = _adam_foreach if _use_foreach(group["foreach"], params) else _adam_single
+            beta1, beta2 = group["betas"]
+            fn(params, grads, ms, vs, vmax, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+               eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
+               maximize=group["maximize"], decoupled=group["decoupled_weight_decay"])
+        return loss
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay,
+    ``theta <- theta (1 - lr * weight_decay)`` before the Adam update; default
+    ``weight_decay=1e-2`` as in ``torch.optim.AdamW``."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True)
+
+
+def _adam_single(params, grads, ms, vs, vmax, steps, *, lr, beta1, beta2, eps, weight_decay,
+                 amsgrad, maximize, decoupled):
+    for i, p in enumerate(params):
+        steps[i] += 1
+        t = steps[i].item()
+        g = -grads[i] if maximize else grads[i]
+        if weight_decay != 0:
+            if decoupled:
+                p.mul_(1 - lr * weight_decay)            # AdamW: shrink theta directly
+            else:
+                g = g + weight_decay * p                 # Adam: L2 term in the gradient
+        ms[i].lerp_(g, 1 - beta1)                        # m_t
+        vs[i].mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v_t
+        bc1 = 1 - beta1 ** t
+        bc2_sqrt = math.sqrt(1 - beta2 ** t)
+        if amsgrad:
+            torch.maximum(vmax[i], vs[i], out=vmax[i])
+            denom = (vmax[i].sqrt() / bc2_sqrt).add_(eps)
+        else:
+            denom = (vs[i].sqrt() / bc2_sqrt).add_(eps)  # sqrt(v_hat) + eps
+        p.addcdiv_(ms[i], denom, value=-lr / bc1)        # theta -= lr m_hat / (...)
+
+
+def _adam_foreach(params, grads, ms, vs, vmax, steps, *, lr, beta1, beta2, eps, weight_decay,
+                  amsgrad, maximize, decoupled):
+    lists = (params, grads, ms, vs, steps, vmax if amsgrad else params)
+    for ps, gs, mm, vv, ts, mx in _group_by_device_dtype(*lists).values():
+        torch._foreach_add_(ts, 1)
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        if weight_decay != 0:
+            if decoupled:
+                torch._foreach_mul_(ps, 1 - lr * weight_decay)
+            else:
+                gs = torch._foreach_add(gs, ps, alpha=weight_decay)
+        torch._foreach_lerp_(mm, gs, 1 - beta1)
+        torch._foreach_mul_(vv, beta2)
+        torch._foreach_addcmul_(vv, gs, gs, value=1 - beta2)
+        tt = [t.item() for t in ts]
+        step_sizes = [-lr / (1 - beta1 ** t) for t in tt]
+        bc2_sqrt = [math.sqrt(1 - beta2 ** t) for t in tt]
+        if amsgrad:
+            torch._foreach_maximum_(mx, vv)
+            denom = torch._foreach_sqrt(mx)
+        else:
+            denom = torch._foreach_sqrt(vv)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(ps, mm, denom, step_sizes)
