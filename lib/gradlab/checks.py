@@ -18,7 +18,8 @@ import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
-           "check_error_feedback", "check_top_singular", "check_soft_threshold"]
+           "check_error_feedback", "check_top_singular", "check_soft_threshold",
+           "check_adam_step"]
 
 
 @dataclass(frozen=True)
@@ -406,3 +407,48 @@ def check_soft_threshold(fn: Callable) -> CheckResult:
         return CheckResult(False, f"on the case '{label}': {hint}")
     return CheckResult(True, "soft-thresholding shrinks every entry by tau and sets |x| <= tau to exactly 0, "
                              "as gradlab.sparse.soft_threshold does.")
+
+
+def check_adam_step(fn: Callable) -> CheckResult:
+    """Check ``fn(p, g, m, v, t, lr, beta1, beta2, eps) -> (p, m, v)``: one Adam step
+    (Kingma & Ba 2015) at step number ``t`` (1-based), returning new tensors, against
+    ``torch.optim.Adam`` run for several steps in float64."""
+    g = torch.Generator().manual_seed(0)
+    lr, beta1, beta2, eps = 0.01, 0.8, 0.99, 1e-8
+    p_ref = torch.randn(5, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    opt = torch.optim.Adam([p_ref], lr=lr, betas=(beta1, beta2), eps=eps)
+    p = p_ref.detach().clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t in range(1, 6):
+        grad = torch.randn(5, 3, generator=g, dtype=torch.float64) * 10.0 ** (t - 3)
+        p_ref.grad = grad.clone()
+        opt.step()
+        try:
+            out = fn(p.clone(), grad.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps)
+        except NotImplementedError:
+            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+        except Exception as exc:
+            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} at step t = {t}.")
+        if not (isinstance(out, tuple) and len(out) == 3):
+            return CheckResult(False, "return a tuple (p, m, v) of the updated tensors.")
+        new_p, new_m, new_v = (torch.as_tensor(x, dtype=torch.float64) for x in out)
+        st = opt.state[p_ref]
+        if not torch.allclose(new_m, st["exp_avg"], rtol=1e-10, atol=1e-14):
+            return CheckResult(False, f"at step t = {t} the first moment m is wrong: "
+                                      "m = beta1 * m + (1 - beta1) * g.")
+        if not torch.allclose(new_v, st["exp_avg_sq"], rtol=1e-10, atol=1e-14):
+            return CheckResult(False, f"at step t = {t} the second moment v is wrong: "
+                                      "v = beta2 * v + (1 - beta2) * g**2.")
+        if not torch.allclose(new_p, p_ref.detach(), rtol=1e-10, atol=1e-12):
+            m_hat, v_hat = new_m / (1 - beta1**t), new_v / (1 - beta2**t)
+            no_bc = p - lr * new_m / (new_v.sqrt() + eps)
+            if torch.allclose(new_p, no_bc, rtol=1e-10, atol=1e-12):
+                hint = "the moments are right but the bias correction is missing: divide by 1 - beta**t."
+            elif torch.allclose(new_p, p + lr * m_hat / (v_hat.sqrt() + eps), rtol=1e-10, atol=1e-12):
+                hint = "the step goes uphill: subtract lr * m_hat / (sqrt(v_hat) + eps)."
+            else:
+                hint = "the update should be p - lr * m_hat / (sqrt(v_hat) + eps)."
+            return CheckResult(False, f"at step t = {t} the parameters are wrong: {hint}")
+        p, m, v = new_p, new_m, new_v
+    return CheckResult(True, "five Adam steps, with gradients from 0.01 to 100, match torch.optim.Adam; "
+                             "the tested version is gradlab.optim.Adam.")
