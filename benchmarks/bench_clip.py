@@ -81,7 +81,9 @@ def main(argv=None) -> None:
         sizes = [2**20, 2**22, 2**24]
     n_tensors = 128
     cases = [case for total in sizes for case in measure(total, n_tensors, device)]
-    path = write_results("clip", device, cases, quick=args.quick, n_tensors=n_tensors, bytes_per_param=12,
+    # a quick (smoke-test) run never overwrites the stored full results
+    path = write_results("clip-quick" if args.quick else "clip", device, cases, quick=args.quick,
+                         n_tensors=n_tensors, bytes_per_param=12,
                          note="effective bandwidth = 12 bytes per parameter / median time")
     print(f"wrote {path}")
 
