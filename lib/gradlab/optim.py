@@ -400,9 +400,10 @@ class Adam(Optimizer):
     (AdamW, Loshchilov & Hutter 2019) the parameters are instead multiplied by
     ``1 - lr * weight_decay`` before the update.
 
-    Each coordinate's step is about ``lr`` and, for ``(1-beta1) <= sqrt(1-beta2)``,
-    at most ``lr (1-beta1)/sqrt(1-beta2)`` (Kingma & Ba, Sec. 2.1); the whole update
-    can still reach ``lr * sqrt(d)`` for ``d`` parameters.
+    Each coordinate's step is about ``lr`` (Kingma & Ba, Sec. 2.1: roughly at most
+    ``lr (1-beta1)/sqrt(1-beta2)`` when ``(1-beta1) > sqrt(1-beta2)``, else roughly at
+    most ``lr``; exactly ``lr`` or less on the first step); the whole update can still
+    reach ``lr * sqrt(d)`` for ``d`` parameters.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

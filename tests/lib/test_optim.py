@@ -217,17 +217,23 @@ def test_no_grad_no_state():
 @given(lr=st.floats(1e-4, 1.0), scale=st.floats(1e-6, 1e6), b1=st.floats(0.0, 0.99),
        b2=st.floats(0.9, 0.9999), seed=st.integers(0, 2**16))
 def test_adam_per_coordinate_step_bound(lr, scale, b1, b2, seed):
-    """Kingma & Ba 2.1: |step| <= lr (1-b1)/sqrt(1-b2) when (1-b1) > sqrt(1-b2), else <= lr,
-    for any gradient sequence; eps only shrinks the step. Up to float rounding."""
+    """Exact per-coordinate bound (Cauchy-Schwarz on the moment sums), for any gradients:
+    |step_t| <= lr (1-b1)/sqrt(1-b2) * sqrt(sum_{k<t} (b1^2/b2)^k) * sqrt(1-b2^t)/(1-b1^t),
+    which is exactly lr at t = 1 (Kingma & Ba's Sec. 2.1 bounds are its approximate form).
+    eps only shrinks the step."""
     g = torch.Generator().manual_seed(seed)
     p = torch.zeros(20, dtype=torch.float64, requires_grad=True)
     opt = optim.Adam([p], lr=lr, betas=(b1, b2))
-    bound = lr * max(1.0, (1 - b1) / (1 - b2) ** 0.5)
-    for _ in range(15):
+    gamma = b1**2 / b2
+    for t in range(1, 16):
         before = p.detach().clone()
         p.grad = scale * torch.randn(20, generator=g, dtype=torch.float64) ** 3
         opt.step()
+        s_t = sum(gamma**k for k in range(t))
+        bound = lr * (1 - b1) / (1 - b2) ** 0.5 * s_t**0.5 * (1 - b2**t) ** 0.5 / (1 - b1**t)
         assert (p.detach() - before).abs().max().item() <= bound * (1 + 1e-9)
+        if t == 1:
+            assert bound == pytest.approx(lr)
 
 
 @settings(max_examples=25, deadline=None)
