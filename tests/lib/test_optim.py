@@ -287,3 +287,25 @@ def test_cases_cover_every_option():
         for f in fl:
             assert any(kw.get(f) for kw in CASES[name]), (name, f)
     assert list(itertools.chain(CASES)) == ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+
+def test_check_adam_step_accepts_adam_and_explains_mistakes():
+    from gradlab.checks import check_adam_step
+
+    def right(p, g, m, v, t, lr, b1, b2, eps):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        return p - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps), m, v
+
+    def no_bias_correction(p, g, m, v, t, lr, b1, b2, eps):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        return p - lr * m / (v.sqrt() + eps), m, v
+
+    def not_written(*args):
+        raise NotImplementedError
+
+    assert check_adam_step(right).passed
+    result = check_adam_step(no_bias_correction)
+    assert not result.passed and "bias correction" in result.message
+    assert "not written yet" in check_adam_step(not_written).message
