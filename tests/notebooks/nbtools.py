@@ -57,8 +57,9 @@ def write_paired(source: Path, executed: nbformat.NotebookNode) -> Path:
     return target
 
 
-_SOLUTION = re.compile(r"^```\{solution\}[^\n]*\n.*?^```[ \t]*\n", re.S | re.M)
-_GATED = re.compile(r"^```\{solution-start\}.*?^```\{solution-end\}[^\n]*\n```[ \t]*\n", re.S | re.M)
+# fences of three or more backticks; a block closes with a fence of the same length
+_SOLUTION = re.compile(r"^(`{3,})\{solution\}[^\n]*\n.*?^\1[ \t]*\n", re.S | re.M)
+_GATED = re.compile(r"^`{3,}\{solution-start\}.*?^(`{3,})\{solution-end\}[^\n]*\n\1[ \t]*\n", re.S | re.M)
 STUDENT_REMOVE_TAG = "solution"
 
 
