@@ -15,16 +15,14 @@ effective bandwidth below is that count divided by the time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import time_it, write_results  # noqa: E402
+from harness import cli, time_it, write_results  # noqa: E402
 
-from gradlab import resolve_device  # noqa: E402
 from gradlab.clip import clip_grad_norm_  # noqa: E402
 
 
@@ -68,11 +66,7 @@ def measure(total: int, n_tensors: int, device: torch.device) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
+    args, device = cli(__doc__, argv)
     if args.quick:
         sizes = [2**20]
     elif device.type == "cuda":

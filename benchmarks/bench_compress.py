@@ -16,16 +16,14 @@ Cases (float32, square n x n matrices):
 compression" shows the same figure).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import load_results, time_it, write_results  # noqa: E402
+from harness import cli, load_results, time_it, write_results  # noqa: E402
 
-from gradlab import resolve_device  # noqa: E402
 from gradlab.compress import GaLoreAdamW, PowerSGD, optimizer_state_bytes  # noqa: E402
 
 
@@ -77,11 +75,7 @@ def plot_results(ax, record: dict) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
+    args, device = cli(__doc__, argv)
     if args.quick:
         sizes = [256]
     elif device.type == "cuda":

@@ -18,16 +18,15 @@ step time is 28 * N bytes / the copy bandwidth.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import load_results, time_it, write_results  # noqa: E402
+from harness import cli, load_results, time_it, write_results  # noqa: E402
 
-from gradlab import optim, resolve_device  # noqa: E402
+from gradlab import optim  # noqa: E402
 
 BYTES_PER_PARAM = 28  # 7 float32 words: read p, g, m, v; write p, m, v
 
@@ -91,11 +90,7 @@ def plot_results(ax, name: str = "optim") -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
+    args, device = cli(__doc__, argv)
     if args.quick:
         sizes = [2**18]
     elif device.type == "cuda":

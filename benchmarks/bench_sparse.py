@@ -20,16 +20,14 @@ time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import time_it, write_results  # noqa: E402
+from harness import cli, time_it, write_results  # noqa: E402
 
-from gradlab import resolve_device  # noqa: E402
 from gradlab.sparse import LazyAdam, SparseAdam  # noqa: E402
 
 
@@ -51,16 +49,7 @@ def time_optimizer(make_opt, grad: torch.Tensor, rows: int, dim: int, device: to
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads for torch (0: torch's default). On a shared 2-core machine "
-                         "--threads 1 avoids OpenMP stalls that make small steps look slow.")
-    args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = cli(__doc__, argv)
     rows, dim = (100_000, 64) if args.quick else (1_000_000, 64)
     touched_list = [256, 4096] if args.quick else [64, 256, 1024, 4096, 16384, 65536, 262144]
     impls = {

@@ -21,16 +21,14 @@ within 1.05x of the optimum. Benchmarks report; they never fail on time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import time_it, write_results  # noqa: E402
+from harness import cli, time_it, write_results  # noqa: E402
 
-from gradlab import resolve_device  # noqa: E402
 from gradlab import spectral as sp  # noqa: E402
 
 RANK, OVERSAMPLE, POWER_ITERS = 16, 10, 2
@@ -101,15 +99,7 @@ def bench_size(n: int, device: torch.device) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads for torch (0: torch's default)")
-    args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = cli(__doc__, argv)
     if device.type == "cuda":
         sizes = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192]
     else:

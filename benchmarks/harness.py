@@ -12,6 +12,7 @@ Benchmarks report; they never fail on time.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -23,6 +24,24 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cli(doc: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device]:
+    """The options every benchmark takes: ``--device`` (auto/cpu/cuda[:N]), ``--quick``
+    (smallest sizes) and ``--threads`` (CPU threads for torch; 0 keeps torch's default).
+    Returns the parsed arguments and the resolved device."""
+    from gradlab import resolve_device
+
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--quick", action="store_true", help="smallest sizes only (a smoke test)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (0: torch's default). On a shared 2-core machine "
+                         "--threads 1 avoids OpenMP stalls that make small kernels look slow.")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return args, resolve_device(args.device)
 
 
 def device_name(device: torch.device) -> str:

@@ -132,7 +132,7 @@ def test_solutions_hidden_until_clicked(page, server, doc):
     first = solutions.first
     body = first.locator("> :not(.admonition-title)").first
     assert not body.is_visible(), "a solution is visible before it is clicked"
-    first.locator(".admonition-title").click()
+    first.locator("button.toggle-button").click()  # the title also holds a link to the exercise
     page.wait_for_timeout(300)
     assert body.is_visible(), "clicking the solution title does not reveal it"
 
@@ -159,3 +159,18 @@ def test_search_finds_chapter_text(page, server):
     page.goto(f"{server}/search.html?q=Jacobian", wait_until="networkidle")
     page.wait_for_selector("#search-results li", timeout=15_000)
     assert page.locator("#search-results li").count() >= 1
+
+
+def test_next_links_walk_the_table_of_contents(page, server):
+    """Following each page's "next" link visits the pages in _toc.yml order."""
+    page.goto(f"{server}/{PAGES[0]}.html", wait_until="domcontentloaded")
+    visited = [PAGES[0]]
+    for _ in range(len(PAGES) - 1):
+        nxt = page.locator("a.right-next")
+        assert nxt.count() == 1, f"no 'next' link on {visited[-1]}"
+        nxt.click()
+        page.wait_for_load_state("domcontentloaded")
+        path = urllib.parse.urlparse(page.url).path.lstrip("/")
+        visited.append(path.removesuffix(".html"))
+    assert visited == PAGES
+    assert page.locator("a.right-next").count() == 0, "the last page should have no 'next' link"

@@ -51,3 +51,25 @@ def test_stream_chunks_are_merged():
     b = _nb(("print(1, 2)", "1", []))
     b.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text=" 2\n"))
     assert compare(a, b) == []
+
+
+def test_myst_nb_merged_stream_with_leftover_copies():
+    """myst-nb writes the merged text into the first chunk and keeps the later chunks."""
+    stored = _nb(("f()", "a 1\n", []))
+    stored.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="b 2\n"))
+    executed = _nb(("f()", "a 1\nb 2\n", []))
+    executed.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="b 2\n"))
+    assert compare(executed, stored, executed_by_myst_nb=True) == []
+    changed = _nb(("f()", "a 1\nb 3\n", []))
+    changed.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="b 3\n"))
+    assert len(compare(changed, stored, executed_by_myst_nb=True)) == 1
+
+
+def test_repeated_identical_lines_are_not_mistaken_for_a_merge():
+    stored = _nb(("f()", "x\n", []))
+    stored.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="x\n"))
+    executed = _nb(("f()", "x\nx\n", []))
+    executed.cells[0].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="x\n"))
+    assert compare(executed, stored, executed_by_myst_nb=True) == []
+    single = _nb(("f()", "x\n", []))
+    assert len(compare(single, stored, executed_by_myst_nb=True)) == 1

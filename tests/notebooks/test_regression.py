@@ -23,7 +23,7 @@ def test_outputs_reproduce(md, built_html):
     assert executed_path.exists(), f"{executed_path} missing: the book build did not execute {md.name}"
     executed = nbformat.read(executed_path, as_version=4)
     stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
-    problems = compare(executed, stored)
+    problems = compare(executed, stored, executed_by_myst_nb=True)
     assert not problems, "outputs changed (re-run `make notebooks` if intended):\n" + "\n".join(problems)
 
 
