@@ -25,10 +25,6 @@ def toc_files() -> list[str]:
     return files
 
 
-def chapter_ids() -> list[str]:
-    return [p.stem for p in chapter_sources()]
-
-
 @pytest.fixture(scope="session")
 def scratch_home(tmp_path_factory) -> dict[str, str]:
     """Environment whose HOME (and Jupyter/matplotlib dirs) point at a scratch folder."""
@@ -47,4 +43,4 @@ def built_html() -> Path:
     return HTML
 
 
-__all__ = ["BUILD", "CHAPTERS", "HTML", "ROOT", "chapter_ids", "chapter_sources", "toc_files"]
+__all__ = ["BUILD", "CHAPTERS", "HTML", "ROOT", "chapter_sources", "toc_files"]
