@@ -16,6 +16,7 @@ clip     gradient clipping (global norm, value, AGC, adaptive threshold)
 spectral power iteration, randomized SVD, Jacobian spectra, orthogonal init
 sparse   SparseAdam, lazy optimizers, top-k/random-k with error feedback, L1
 compress PowerSGD (standalone and as a DDP hook), GaLore-style projection
+lm       the case study: character-level LSTM/GRU/transformer and a logged training loop
 """
 
 from gradlab.device import DeviceUnavailableError, describe_device, resolve_device

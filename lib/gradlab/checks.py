@@ -19,7 +19,7 @@ import torch
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
            "check_error_feedback", "check_top_singular", "check_soft_threshold",
-           "check_adam_step"]
+           "check_adam_step", "check_warmup", "check_spike_guard"]
 
 
 @dataclass(frozen=True)
@@ -452,3 +452,99 @@ def check_adam_step(fn: Callable) -> CheckResult:
         p, m, v = new_p, new_m, new_v
     return CheckResult(True, "five Adam steps, with gradients from 0.01 to 100, match torch.optim.Adam; "
                              "the tested version is gradlab.optim.Adam.")
+
+
+def _call(fn: Callable, *args):
+    """Run the student's function; return (value, None) or (None, CheckResult) on an error."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+    except Exception as exc:  # the student's code: report, don't crash the notebook
+        return None, CheckResult(False, f"your function raised {type(exc).__name__}: {exc} "
+                                        f"for the arguments {args}.")
+
+
+def check_warmup(fn: Callable) -> CheckResult:
+    """Check ``fn(step, warmup_steps) -> float``: the linear warm-up factor
+    ``min(1, (step + 1) / warmup_steps)`` for 0-based steps (1 when
+    ``warmup_steps == 0``), against ``torch.optim.lr_scheduler.LinearLR`` with
+    ``start_factor = 1 / warmup_steps`` and ``total_iters = warmup_steps - 1``."""
+    for w in (4, 10, 50):
+        p = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.SGD([p], lr=1.0)
+        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / w, end_factor=1.0,
+                                                  total_iters=w - 1)
+        for step in range(2 * w + 3):
+            ref = opt.param_groups[0]["lr"]
+            got, err = _call(fn, step, w)
+            if err is not None:
+                return err
+            got = _as_float(got)
+            if not math.isclose(got, ref, rel_tol=1e-9, abs_tol=1e-12):
+                if math.isclose(got, step / w, rel_tol=1e-9, abs_tol=1e-12):
+                    hint = ("off by one: at step 0 the factor is step / warmup_steps = 0, so the first "
+                            "update is wasted; use (step + 1) / warmup_steps.")
+                elif step >= w and got > 1:
+                    hint = "after the warm-up the factor must stay at 1: cap it with min(1, ...)."
+                else:
+                    hint = "the factor should grow linearly from 1 / warmup_steps to 1 and then stay at 1."
+                return CheckResult(False, f"with warmup_steps = {w}, step {step}: got {got:.6g}, "
+                                          f"expected {ref:.6g}; {hint}")
+            opt.step()
+            sched.step()
+    got, err = _call(fn, 0, 0)
+    if err is not None:
+        return err
+    if not math.isclose(_as_float(got), 1.0):
+        return CheckResult(False, f"warmup_steps = 0 means no warm-up: the factor should be 1, got {got}.")
+    return CheckResult(True, "your factors match torch.optim.lr_scheduler.LinearLR for 4, 10 and 50 "
+                             "warm-up steps; the tested version is gradlab.lm.warmup_factor.")
+
+
+def check_spike_guard(fn: Callable) -> CheckResult:
+    """Check ``fn(history, norm, factor) -> bool``: skip the update when ``norm`` is
+    not finite or exceeds ``factor`` times the median of the last 20 finite
+    norms in ``history`` (never with an empty history), against
+    :func:`gradlab.monitor.detect_spikes`."""
+    from gradlab.monitor import detect_spikes
+
+    g = torch.Generator().manual_seed(0)
+    base = (1.0 + 0.2 * torch.randn(60, generator=g)).abs().tolist()
+    cases = {
+        "a smooth run": base,
+        "a spike of 50x at step 30": base[:30] + [50.0] + base[31:],
+        "two spikes in a row": base[:20] + [40.0, 45.0] + base[22:],
+        "a NaN and an inf": base[:10] + [float("nan")] + base[11:40] + [float("inf")] + base[41:],
+        "a slow rise by 3x": [b * (1 + 2 * i / 60) for i, b in enumerate(base)],
+        "a spike in the first steps": [1.0, 30.0] + base[2:],
+        "a spike, then a smaller one": base[:30] + [50.0] + base[31:35] + [12.0] + base[36:],
+    }
+    for factor in (10.0, 4.0):
+        for label, values in cases.items():
+            expected = set(detect_spikes(values, window=20, factor=factor))
+            history: list[float] = []
+            for i, v in enumerate(values):
+                got, err = _call(fn, list(history), v, factor)
+                if err is not None:
+                    return err
+                if not isinstance(got, (bool, int)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
+                    return CheckResult(False, f"return True (skip) or False (keep), got {type(got).__name__}.")
+                got = bool(got)
+                if got != (i in expected):
+                    if not math.isfinite(v):
+                        hint = "a non-finite norm must always be skipped (and never enter the history)."
+                    elif got and not history:
+                        hint = "with an empty history there is nothing to compare with: keep the step."
+                    elif got:
+                        hint = ("compare with factor * median of the last 20 finite values in the history; "
+                                "a spike must not be judged against itself.")
+                    else:
+                        hint = ("compare with the median of the last 20 finite values, not the mean: one "
+                                "earlier spike must not hide the next.")
+                    return CheckResult(False, f"in '{label}' (factor {factor}) at step {i} (norm {v:.3g}) "
+                                              f"you said {'skip' if got else 'keep'}; {hint}")
+                if math.isfinite(v):
+                    history.append(v)
+    return CheckResult(True, "your guard skips exactly the steps gradlab.monitor.detect_spikes flags, "
+                             f"in {len(cases)} traces and at two factors.")

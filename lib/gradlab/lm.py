@@ -1,0 +1,402 @@
+"""The case study: a character-level language model that blows up, and its fixes.
+
+A small recurrent (LSTM or GRU) or transformer language model over characters,
+a training loop that logs what the book's chapters taught us to watch, and the
+knobs of the usual remedies:
+
+* :class:`CharRNN` / :class:`CharTransformer`: the models;
+* :func:`char_splits`, :func:`random_windows`: data from a text shipped in
+  :func:`gradlab.data.load_text` (no downloads);
+* :func:`warmup_factor`: the linear learning-rate warm-up of Goyal et al. (2017);
+* :class:`TrainConfig` / :func:`train_char_lm`: one training run, returning a
+  :class:`TrainRecord` of losses, global and per-group gradient norms,
+  ``sigma_max`` of the recurrent weight, and Adam's state (the effective step
+  ``lr / (sqrt(v_hat) + eps)`` and the relative update size);
+* :func:`evaluate`, :func:`sample`.
+
+The loop uses the book's own parts: :class:`gradlab.optim.Adam` /
+:class:`~gradlab.optim.AdamW`, :func:`gradlab.clip.clip_grad_norm_` and
+:func:`gradlab.spectral.power_iteration`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradlab import clip as _clip
+from gradlab import optim as _optim
+from gradlab import spectral as _spectral
+from gradlab.data import encode_chars
+
+__all__ = [
+    "CharRNN",
+    "CharTransformer",
+    "char_splits",
+    "random_windows",
+    "warmup_factor",
+    "TrainConfig",
+    "TrainRecord",
+    "build_model",
+    "param_group_of",
+    "train_char_lm",
+    "evaluate",
+    "sample",
+]
+
+_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+_INITS = ("default", "forget_bias", "orthogonal")
+
+
+class CharRNN(nn.Module):
+    """Embedding -> LSTM/GRU -> linear read-out, predicting the next character.
+
+    ``init``:
+
+    * ``"default"``: PyTorch's, every weight and bias uniform in
+      :math:`\\pm 1/\\sqrt{H}`;
+    * ``"forget_bias"``: as default, but the LSTM's forget-gate bias set to 1
+      (Gers et al. 2000; Jozefowicz et al. 2015), so the cell starts by keeping
+      its memory. PyTorch has two bias vectors per layer (``bias_ih``,
+      ``bias_hh``); their forget slices are set to 1 and 0;
+    * ``"orthogonal"``: each gate's block of the recurrent weight orthogonal
+      (gain 1), biases zero, the forget bias 1 (LSTM).
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int = 256, embedding_dim: int = 32,
+                 num_layers: int = 1, cell: str = "lstm", init: str = "default") -> None:
+        super().__init__()
+        if cell not in _CELLS:
+            raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
+                            ("embedding_dim", embedding_dim), ("num_layers", num_layers)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.cell = cell
+        self.embed = nn.Embedding(vocab_size, embedding_dim)
+        self.rnn = _CELLS[cell](embedding_dim, hidden_size, num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, vocab_size)
+        self._init(init)
+
+    def _init(self, init: str) -> None:
+        if init == "default":
+            return
+        H = self.rnn.hidden_size
+        gates = 4 if self.cell == "lstm" else 3
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if init == "orthogonal" and name.startswith("weight_hh"):
+                    for k in range(gates):
+                        nn.init.orthogonal_(p[k * H:(k + 1) * H])
+                if init == "orthogonal" and name.startswith("bias"):
+                    p.zero_()
+                if self.cell == "lstm" and name.startswith("bias"):
+                    # PyTorch's LSTM gate order is (input, forget, cell, output).
+                    p[H:2 * H] = 1.0 if name.startswith("bias_ih") else 0.0
+
+    def forward(self, x: torch.Tensor, state=None):
+        """``x``: ``[batch, time]`` character codes. Returns ``(logits, state)``."""
+        out, state = self.rnn(self.embed(x), state)
+        return self.head(out), state
+
+
+class CharTransformer(nn.Module):
+    """A small causal (decoder-only) transformer over characters, pre-LayerNorm,
+    with learned positions: the model of the case study's full (GPU) mode."""
+
+    def __init__(self, vocab_size: int, d_model: int = 128, nhead: int = 4, num_layers: int = 2,
+                 max_len: int = 256, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % nhead:
+            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
+        self.max_len = max_len
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(max_len, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def forward(self, x: torch.Tensor, state=None):
+        T = x.shape[1]
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len={self.max_len}; "
+                             "build the model with a larger max_len")
+        pos = torch.arange(T, device=x.device)
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=x.device)
+        h = self.blocks(self.embed(x) + self.pos(pos), mask=mask, is_causal=True)
+        return self.head(self.norm(h)), None
+
+
+def char_splits(text: str, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(train_codes, val_codes, vocabulary)``: the first ``1 - val_fraction`` of
+    the text for training, the rest (a contiguous tail, unseen) for validation."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    codes, vocab = encode_chars(text)
+    split = int(round(len(codes) * (1 - val_fraction)))
+    return codes[:split], codes[split:], vocab
+
+
+def random_windows(codes: torch.Tensor, batch_size: int, seq_len: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random windows: inputs ``codes[i:i+T]`` and targets ``codes[i+1:i+T+1]``."""
+    if seq_len + 1 > len(codes):
+        raise ValueError(f"seq_len={seq_len} needs at least {seq_len + 1} characters, "
+                         f"the text has {len(codes)}; use a shorter seq_len")
+    start = torch.randint(0, len(codes) - seq_len, (batch_size,), generator=generator,
+                          device=codes.device)
+    idx = start[:, None] + torch.arange(seq_len + 1, device=codes.device)
+    win = codes[idx]
+    return win[:, :-1], win[:, 1:]
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up: the learning rate of (0-based) ``step`` is
+    ``lr * min(1, (step + 1) / warmup_steps)``; ``warmup_steps=0`` means none.
+    Use it as ``LambdaLR(opt, lambda s: warmup_factor(s, w))``."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps == 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``clip=None`` means no clipping; ``weight_decay`` is
+    coupled (Adam's L2) with ``optimizer="adam"`` and decoupled with ``"adamw"``."""
+
+    model: str = "lstm"  # "lstm", "gru" or "transformer"
+    hidden_size: int = 256
+    embedding_dim: int = 32
+    num_layers: int = 1
+    init: str = "default"
+    optimizer: str = "adam"
+    lr: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    clip: float | None = None
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 64
+    eval_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in (*_CELLS, "transformer"):
+            raise ValueError(f"model must be 'lstm', 'gru' or 'transformer', got {self.model!r}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be None (no clipping) or > 0, got {self.clip}")
+        for name in ("steps", "batch_size", "seq_len", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        warmup_factor(0, self.warmup_steps)
+
+
+@dataclass
+class TrainRecord:
+    """Per-step logs of a run (lists of floats, one per step taken).
+
+    ``groups`` holds the per-group gradient norms (before clipping); ``sigma_hh``
+    the largest singular value of the first recurrent weight; ``adam_step`` the
+    median over the recurrent weight's entries of ``lr_t / (sqrt(v_hat) + eps)``;
+    ``rel_update`` its ``||delta W|| / ||W||``; ``sigma_hh_init`` is ``sigma_max``
+    before training. ``nonfinite_step`` is the step at which the loss or a
+    gradient first became NaN/inf (the run stops there).
+    """
+
+    config: dict
+    loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    groups: dict[str, list[float]] = field(default_factory=dict)
+    sigma_hh: list[float] = field(default_factory=list)
+    adam_step: list[float] = field(default_factory=list)
+    rel_update: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    sigma_hh_init: float = float("nan")
+    nonfinite_step: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
+    """The model a :class:`TrainConfig` asks for (seeded with ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    if config.model == "transformer":
+        return CharTransformer(vocab_size, config.hidden_size, num_layers=config.num_layers,
+                               max_len=max(256, config.seq_len))
+    return CharRNN(vocab_size, config.hidden_size, config.embedding_dim, config.num_layers,
+                   cell=config.model, init=config.init)
+
+
+def param_group_of(name: str) -> str:
+    """The group a parameter's name falls in for the per-group norms:
+    ``embedding``, ``recurrent`` (``weight_hh*``), ``input`` (``weight_ih*``),
+    ``bias`` (recurrent biases), ``head``, or ``other`` (transformer blocks)."""
+    if name.startswith("embed") or name.startswith("pos"):
+        return "embedding"
+    if name.startswith("head") or name.startswith("norm"):
+        return "head"
+    if ".weight_hh" in name:
+        return "recurrent"
+    if ".weight_ih" in name:
+        return "input"
+    if name.startswith("rnn.bias"):
+        return "bias"
+    return "other"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, codes: torch.Tensor, seq_len: int, batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats per character) over non-overlapping windows of ``codes``."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    n = (len(codes) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"need more than seq_len={seq_len} characters to evaluate, got {len(codes)}")
+    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)
+    win = codes[idx].to(dev)
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        x, y = win[i:i + batch_size, :-1], win[i:i + batch_size, 1:]
+        logits, _ = model(x)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                       reduction="sum"))
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def sample(model: nn.Module, vocab: list[str], prompt: str, length: int = 200,
+           temperature: float = 0.8, generator: torch.Generator | None = None) -> str:
+    """Continue ``prompt`` by ``length`` characters drawn from the model."""
+    index = {c: i for i, c in enumerate(vocab)}
+    missing = sorted(set(prompt) - set(index))
+    if missing:
+        raise ValueError(f"prompt has characters outside the vocabulary: {missing}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = torch.tensor([[index[c] for c in prompt]], device=dev)
+    out, state = [], None
+    context = x
+    for _ in range(length):
+        if isinstance(model, CharTransformer):
+            logits, _ = model(context[:, -model.max_len:])
+        else:
+            logits, state = model(x, state)
+        p = torch.softmax(logits[0, -1].double() / temperature, dim=-1).cpu()
+        nxt = int(torch.multinomial(p, 1, generator=generator))
+        out.append(vocab[nxt])
+        x = torch.tensor([[nxt]], device=dev)
+        context = torch.cat([context, x], dim=1)
+    model.train(was_training)
+    return prompt + "".join(out)
+
+
+def _recurrent_weight(model: nn.Module) -> torch.Tensor | None:
+    for name, p in model.named_parameters():
+        if ".weight_hh" in name or name.startswith("rnn.weight_hh"):
+            return p
+    for name, p in model.named_parameters():
+        if name.endswith("self_attn.in_proj_weight"):
+            return p
+    return None
+
+
+def train_char_lm(config: TrainConfig, train_codes: torch.Tensor, val_codes: torch.Tensor,
+                  vocab_size: int, device: torch.device | str = "cpu",
+                  model: nn.Module | None = None) -> tuple[nn.Module, TrainRecord]:
+    """Train a character model with Adam/AdamW, optional warm-up and clipping.
+
+    Every step logs the training loss, the global gradient norm and its
+    per-group parts (before clipping), ``sigma_max`` of the recurrent weight
+    (one warm-started power iteration per step), and Adam's effective step on
+    it. Stops at the first non-finite loss or gradient and records the step.
+    Returns ``(model, record)``.
+    """
+    import time
+
+    dev = torch.device(device)
+    if model is None:
+        model = build_model(config, vocab_size)
+    model = model.to(dev)
+    train_codes = train_codes.to(dev)
+    gen = torch.Generator(device=dev).manual_seed(config.seed)
+    names = [n for n, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    groups = {n: param_group_of(n) for n in names}
+    opt_cls = _optim.AdamW if config.optimizer == "adamw" else _optim.Adam
+    opt = opt_cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    W = _recurrent_weight(model)
+    v_pow = None
+    beta2 = config.betas[1]
+    rec = TrainRecord(config=asdict(config))
+    rec.groups = {g: [] for g in dict.fromkeys(groups.values())}
+    if W is not None:
+        v_pow = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64).to(dev)
+        # Exact at the start (a random matrix's top singular values are close, so power
+        # iteration converges slowly there); then one warm-started power step pair per step.
+        rec.sigma_hh_init = float(torch.linalg.matrix_norm(W.detach().double(), ord=2))
+        _, _, v_pow = _spectral.power_iteration(W.detach().double(), v_pow, num_iters=20)
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(config.steps):
+        x, y = random_windows(train_codes, config.batch_size, config.seq_len, gen)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sq = {g: 0.0 for g in rec.groups}
+        for n, p in zip(names, params):
+            if p.grad is not None:
+                sq[groups[n]] += float(p.grad.detach().double().pow(2).sum())
+        total = math.sqrt(sum(sq.values()))
+        rec.loss.append(float(loss.detach()))
+        rec.grad_norm.append(total)
+        for g, s in sq.items():
+            rec.groups[g].append(math.sqrt(s))
+        if not (math.isfinite(rec.loss[-1]) and math.isfinite(total)):
+            rec.nonfinite_step = step
+            break
+        if config.clip is not None:
+            _clip.clip_grad_norm_(params, config.clip)
+        lr = config.lr * warmup_factor(step, config.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        rec.lr.append(lr)
+        W_before = W.detach().clone() if W is not None else None
+        opt.step()
+        if W is not None:
+            with torch.no_grad():
+                v_hat = opt.state[W]["exp_avg_sq"] / (1 - beta2 ** (step + 1))
+                eff = lr / (v_hat.sqrt() + opt.param_groups[0]["eps"])
+                rec.adam_step.append(float(eff.median()))
+                rec.rel_update.append(float((W.detach() - W_before).norm() / W_before.norm()))
+                sigma, _, v_pow = _spectral.power_iteration(W.detach().double(), v_pow, num_iters=2)
+                rec.sigma_hh.append(float(sigma))
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            rec.val_steps.append(step + 1)
+            rec.val_loss.append(evaluate(model, val_codes, config.seq_len))
+    rec.seconds = time.perf_counter() - t0
+    return model, rec

@@ -1,0 +1,333 @@
+"""gradlab.lm: the case study's models, data windows, warm-up and training loop."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradlab import checks, lm
+from gradlab.data import encode_chars, load_text
+
+TEXT = load_text()
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return lm.char_splits(TEXT)
+
+
+def small(**kw) -> lm.TrainConfig:
+    base = dict(hidden_size=32, embedding_dim=8, steps=6, batch_size=4, seq_len=16, eval_every=3, lr=0.01)
+    base.update(kw)
+    return lm.TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_char_splits_cover_the_text_in_order(splits):
+    train, val, vocab = splits
+    codes, vocab_ref = encode_chars(TEXT)
+    assert vocab == vocab_ref
+    assert torch.equal(torch.cat([train, val]), codes)
+    assert abs(len(val) / len(codes) - 0.1) < 1e-3
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_char_splits_rejects_bad_fraction(bad):
+    with pytest.raises(ValueError, match="val_fraction"):
+        lm.char_splits(TEXT, bad)
+
+
+def test_random_windows_are_shifted_substrings(splits):
+    train, _, _ = splits
+    g = torch.Generator().manual_seed(3)
+    x, y = lm.random_windows(train, 8, 20, g)
+    assert x.shape == y.shape == (8, 20)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    text = train.tolist()
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        starts = [i for i in range(len(text) - 20) if text[i:i + 20] == row_x]
+        assert any(text[i + 1:i + 21] == row_y for i in starts)
+
+
+def test_random_windows_too_long_says_what_to_do():
+    with pytest.raises(ValueError, match="shorter seq_len"):
+        lm.random_windows(torch.arange(10), 2, 10)
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+@pytest.mark.parametrize("w", [2, 5, 17])
+def test_warmup_factor_matches_torch_linear_lr(w):
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=w - 1)
+    for step in range(3 * w):
+        assert lm.warmup_factor(step, w) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_warmup_factor_zero_and_negative():
+    assert lm.warmup_factor(0, 0) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        lm.warmup_factor(0, -1)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_char_rnn_shapes_and_state():
+    model = lm.CharRNN(20, hidden_size=16, embedding_dim=4, num_layers=2, cell="gru")
+    x = torch.randint(0, 20, (3, 7))
+    logits, state = model(x)
+    assert logits.shape == (3, 7, 20)
+    # Feeding the sequence in two halves with the carried state gives the same logits.
+    a, s = model(x[:, :4])
+    b, _ = model(x[:, 4:], s)
+    torch.testing.assert_close(torch.cat([a, b], 1), logits)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(cell="rnn"), "cell must be"),
+    (dict(init="xavier"), "init must be"),
+    (dict(hidden_size=0), "hidden_size must be a positive integer"),
+])
+def test_char_rnn_rejects_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        lm.CharRNN(10, **kw)
+
+
+def test_forget_bias_init_sums_to_one():
+    H = 12
+    model = lm.CharRNN(10, hidden_size=H, init="forget_bias")
+    b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    torch.testing.assert_close(b[H:2 * H], torch.ones(H))
+    default = lm.CharRNN(10, hidden_size=H)
+    assert not torch.allclose((default.rnn.bias_ih_l0 + default.rnn.bias_hh_l0)[H:2 * H], torch.ones(H))
+
+
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3)])
+def test_orthogonal_init_makes_each_gate_block_orthogonal(cell, gates):
+    H = 16
+    model = lm.CharRNN(10, hidden_size=H, cell=cell, init="orthogonal")
+    W = model.rnn.weight_hh_l0.detach()
+    for k in range(gates):
+        block = W[k * H:(k + 1) * H]
+        torch.testing.assert_close(block.T @ block, torch.eye(H), atol=1e-5, rtol=0)
+        s = torch.linalg.svdvals(block)
+        torch.testing.assert_close(s, torch.ones(H), atol=1e-5, rtol=0)
+
+
+def test_transformer_is_causal_and_checks_length():
+    torch.manual_seed(0)
+    model = lm.CharTransformer(15, d_model=16, nhead=2, num_layers=2, max_len=12).eval()
+    x = torch.randint(0, 15, (2, 10))
+    x2 = x.clone()
+    x2[:, 6:] = (x2[:, 6:] + 1) % 15
+    a, _ = model(x)
+    b, _ = model(x2)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    with pytest.raises(ValueError, match="larger max_len"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        lm.CharTransformer(15, d_model=10, nhead=3)
+
+
+def test_param_groups():
+    model = lm.CharRNN(10, hidden_size=4)
+    groups = {n: lm.param_group_of(n) for n, _ in model.named_parameters()}
+    assert groups == {"embed.weight": "embedding", "rnn.weight_ih_l0": "input", "rnn.weight_hh_l0": "recurrent",
+                      "rnn.bias_ih_l0": "bias", "rnn.bias_hh_l0": "bias", "head.weight": "head",
+                      "head.bias": "head"}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(model="mlp"), "model must be"),
+    (dict(optimizer="sgd"), "optimizer must be"),
+    (dict(clip=-1.0), "clip must be None"),
+    (dict(clip=0.0), "clip must be None"),
+    (dict(steps=0), "steps must be >= 1"),
+    (dict(warmup_steps=-5), "warmup_steps must be >= 0"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        lm.TrainConfig(**kw)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_is_deterministic_and_logs_consistently(splits):
+    train, val, vocab = splits
+    cfg = small(clip=0.5, warmup_steps=3)
+    _, r1 = lm.train_char_lm(cfg, train, val, len(vocab))
+    _, r2 = lm.train_char_lm(cfg, train, val, len(vocab))
+    assert r1.loss == r2.loss and r1.grad_norm == r2.grad_norm
+    assert len(r1.loss) == len(r1.grad_norm) == len(r1.sigma_hh) == len(r1.adam_step) == cfg.steps
+    assert r1.val_steps == [3, 6] and len(r1.val_loss) == 2
+    for i in range(cfg.steps):
+        parts = sum(r1.groups[g][i] ** 2 for g in r1.groups)
+        assert math.sqrt(parts) == pytest.approx(r1.grad_norm[i], rel=1e-9)
+    assert r1.lr == pytest.approx([cfg.lr * lm.warmup_factor(s, 3) for s in range(cfg.steps)])
+    assert r1.loss[0] == pytest.approx(math.log(len(vocab)), rel=0.15)
+
+
+def test_training_matches_a_loop_with_torch_optim(splits):
+    """The same run written with torch.optim.AdamW, torch's clip_grad_norm_ and
+    LambdaLR ends at the same parameters."""
+    train, val, vocab = splits
+    cfg = small(optimizer="adamw", weight_decay=0.1, clip=0.3, warmup_steps=4, steps=8, lr=0.03)
+    model, rec = lm.train_char_lm(cfg, train, val, len(vocab))
+
+    ref = lm.build_model(cfg, len(vocab))
+    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lm.warmup_factor(s, cfg.warmup_steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    norms = []
+    for _ in range(cfg.steps):
+        x, y = lm.random_windows(train, cfg.batch_size, cfg.seq_len, gen)
+        logits, _ = ref(x)
+        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.clip)))
+        opt.step()
+        sched.step()
+    assert rec.grad_norm == pytest.approx(norms, rel=1e-4)
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_spectral_and_adam_logs_match_direct_computation(splits):
+    train, val, vocab = splits
+    cfg = small(steps=30, lr=0.02)
+    model, rec = lm.train_char_lm(cfg, train, val, len(vocab))
+    W = model.rnn.weight_hh_l0.detach().double()
+    assert rec.sigma_hh[-1] == pytest.approx(float(torch.linalg.matrix_norm(W, ord=2)), rel=1e-2)
+    W0 = lm.build_model(cfg, len(vocab)).rnn.weight_hh_l0.detach().double()
+    assert rec.sigma_hh_init == pytest.approx(float(torch.linalg.matrix_norm(W0, ord=2)), rel=1e-3)
+    # Adam's first step moves every entry with a non-zero gradient by lr (eps aside):
+    # ||delta W|| = lr * sqrt(#entries) (a little less where |g| ~ eps), and the median effective step is lr / |g|.
+    first = rec.rel_update[0] * float(W0.norm())
+    assert first <= cfg.lr * math.sqrt(W0.numel()) * (1 + 1e-6)
+    assert first == pytest.approx(cfg.lr * math.sqrt(W0.numel()), rel=1e-2)
+    assert rec.adam_step[0] > 0
+
+
+def test_nonfinite_loss_stops_the_run(splits):
+    train, val, vocab = splits
+    cfg = small()
+    model = lm.build_model(cfg, len(vocab))
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")
+    _, rec = lm.train_char_lm(cfg, train, val, len(vocab), model=model)
+    assert rec.nonfinite_step == 0
+    assert len(rec.loss) == 1 and rec.lr == []
+
+
+def test_transformer_trains_and_logs_attention_spectrum(splits):
+    train, val, vocab = splits
+    cfg = small(model="transformer", hidden_size=16, num_layers=1, steps=20, lr=3e-3)
+    model, rec = lm.train_char_lm(cfg, train, val, len(vocab))
+    assert len(rec.sigma_hh) == 20 and "other" in rec.groups
+    assert statistics.mean(rec.loss[-5:]) < rec.loss[0]
+
+
+def test_evaluate_matches_cross_entropy_by_hand(splits):
+    _, val, vocab = splits
+    torch.manual_seed(1)
+    model = lm.CharRNN(len(vocab), hidden_size=8, embedding_dim=4)
+    T = 25
+    n = (len(val) - 1) // T
+    total = 0.0
+    for i in range(n):
+        x = val[i * T:(i + 1) * T][None]
+        y = val[i * T + 1:(i + 1) * T + 1]
+        logits, _ = model(x)
+        total += float(F.cross_entropy(logits[0], y, reduction="sum").detach())
+    assert lm.evaluate(model, val, T, batch_size=7) == pytest.approx(total / (n * T), rel=1e-5)
+    with pytest.raises(ValueError, match="more than seq_len"):
+        lm.evaluate(model, val[:10], 20)
+
+
+def test_sample_is_reproducible_and_validates(splits):
+    _, _, vocab = splits
+    model = lm.CharRNN(len(vocab), hidden_size=8, embedding_dim=4)
+    a = lm.sample(model, vocab, "The ", 30, generator=torch.Generator().manual_seed(0))
+    b = lm.sample(model, vocab, "The ", 30, generator=torch.Generator().manual_seed(0))
+    assert a == b and a.startswith("The ") and len(a) == 34 and set(a) <= set(vocab)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lm.sample(model, vocab, "\u2603", 5)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.sample(model, vocab, "The", 5, temperature=0)
+    tf = lm.CharTransformer(len(vocab), d_model=16, nhead=2, num_layers=1, max_len=16)
+    assert len(lm.sample(tf, vocab, "The", 20, generator=torch.Generator().manual_seed(0))) == 23
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_cpu_loosely(splits):
+    train, val, vocab = splits
+    cfg = small(steps=5)
+    _, cpu = lm.train_char_lm(cfg, train, val, len(vocab), device="cpu")
+    _, gpu = lm.train_char_lm(cfg, train, val, len(vocab), device="cuda")
+    assert len(gpu.loss) == 5 and all(math.isfinite(v) for v in gpu.loss)
+    assert gpu.loss[0] == pytest.approx(math.log(len(vocab)), rel=0.15)
+    assert cpu.loss[0] == pytest.approx(math.log(len(vocab)), rel=0.15)
+
+
+# ----------------------------------------------------------------------------- checkers
+
+
+def test_check_warmup_accepts_right_and_explains_wrong():
+    assert checks.check_warmup(lm.warmup_factor).passed
+    assert checks.check_warmup(lambda s, w: 1.0 if w == 0 else min(1.0, (s + 1) / w)).passed
+    off_by_one = checks.check_warmup(lambda s, w: 1.0 if w == 0 else min(1.0, s / w))
+    assert not off_by_one.passed and "off by one" in off_by_one.message
+    uncapped = checks.check_warmup(lambda s, w: 1.0 if w == 0 else (s + 1) / w)
+    assert not uncapped.passed and "min(1" in uncapped.message
+    no_zero = checks.check_warmup(lambda s, w: min(1.0, (s + 1) / w))
+    assert not no_zero.passed and "ZeroDivisionError" in no_zero.message
+
+    def not_written(step, warmup_steps):
+        raise NotImplementedError
+
+    assert "not written yet" in checks.check_warmup(not_written).message
+
+
+def _guard(history, norm, factor):
+    if not math.isfinite(norm):
+        return True
+    recent = [h for h in history if math.isfinite(h)][-20:]
+    return bool(recent) and norm > factor * statistics.median(recent)
+
+
+def test_check_spike_guard_accepts_right_and_explains_wrong():
+    assert checks.check_spike_guard(_guard).passed
+
+    def mean_guard(history, norm, factor):
+        if not math.isfinite(norm):
+            return True
+        recent = history[-20:]
+        return bool(recent) and norm > factor * statistics.mean(recent)
+
+    def ignores_nan(history, norm, factor):
+        recent = history[-20:]
+        return bool(recent) and norm > factor * statistics.median(recent)
+
+    wrong_mean = checks.check_spike_guard(mean_guard)
+    assert not wrong_mean.passed and "median" in wrong_mean.message
+    wrong_nan = checks.check_spike_guard(ignores_nan)
+    assert not wrong_nan.passed and "non-finite" in wrong_nan.message
+    always = checks.check_spike_guard(lambda h, n, f: True)
+    assert not always.passed and "empty history" in always.message
