@@ -12,6 +12,8 @@ knobs of the usual remedies:
   :class:`TrainRecord` of losses, global and per-group gradient norms,
   ``sigma_max`` of the recurrent weight, and Adam's state (the effective step
   ``lr / (sqrt(v_hat) + eps)`` and the relative update size);
+* :func:`fix_stages`, :func:`summarize`: the case study's cumulative fixes and
+  its one-row-per-configuration summary;
 * :func:`evaluate`, :func:`sample`.
 
 The loop uses the book's own parts: :class:`gradlab.optim.Adam` /
@@ -44,6 +46,8 @@ __all__ = [
     "build_model",
     "param_group_of",
     "train_char_lm",
+    "fix_stages",
+    "summarize",
     "evaluate",
     "sample",
 ]
@@ -180,7 +184,7 @@ class TrainConfig:
     num_layers: int = 1
     init: str = "default"
     optimizer: str = "adam"
-    lr: float = 0.05
+    lr: float = 3e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -400,3 +404,47 @@ def train_char_lm(config: TrainConfig, train_codes: torch.Tensor, val_codes: tor
             rec.val_loss.append(evaluate(model, val_codes, config.seq_len))
     rec.seconds = time.perf_counter() - t0
     return model, rec
+
+
+def fix_stages(base: TrainConfig, *, clip: float = 1.0, warmup_steps: int = 30,
+               weight_decay: float = 0.1) -> dict[str, TrainConfig]:
+    """The case study's repairs, each stage keeping the previous ones:
+    ``bare recipe`` (``base``), ``+ clipping`` (global norm ``clip``),
+    ``+ warm-up`` (linear over ``warmup_steps``), ``+ AdamW`` (decoupled
+    ``weight_decay``) and, for an LSTM, ``+ forget bias 1``."""
+    def with_(config: TrainConfig, **changes) -> TrainConfig:
+        return TrainConfig(**{**asdict(config), **changes})
+
+    stages = {"bare recipe": base}
+    stages["+ clipping"] = with_(base, clip=clip)
+    stages["+ warm-up"] = with_(stages["+ clipping"], warmup_steps=warmup_steps)
+    stages["+ AdamW"] = with_(stages["+ warm-up"], optimizer="adamw", weight_decay=weight_decay)
+    if base.model == "lstm":
+        stages["+ forget bias 1"] = with_(stages["+ AdamW"], init="forget_bias")
+    return stages
+
+
+def summarize(records: list[TrainRecord], spike_factor: float = 100.0) -> dict:
+    """One row for a configuration trained from several seeds: ``spiked runs``
+    (runs whose gradient norm rose above ``spike_factor`` times its value at step
+    0), ``runs``, and medians over the runs of the peak gradient norm (``peak |g|``),
+    the training loss (mean of the last 20 steps), the final validation loss and the
+    final ``sigma_max`` of the recurrent weight. A run that hit NaN/inf counts as
+    spiked, with infinite peak and losses."""
+    if not records:
+        raise ValueError("summarize needs at least one TrainRecord")
+
+    from statistics import median
+
+    inf = float("inf")
+    peak = [inf if r.nonfinite_step is not None else max(r.grad_norm) for r in records]
+    return {
+        "spiked runs": sum(p > spike_factor * r.grad_norm[0] for p, r in zip(peak, records)),
+        "runs": len(records),
+        "peak |g|": median(peak),
+        "train loss": median([inf if r.nonfinite_step is not None else sum(r.loss[-20:]) / len(r.loss[-20:])
+                              for r in records]),
+        "val loss": median([r.val_loss[-1] if r.val_loss and r.nonfinite_step is None else inf
+                            for r in records]),
+        "sigma_max W_hh": median([r.sigma_hh[-1] if r.sigma_hh else float("nan") for r in records]),
+    }

@@ -331,3 +331,40 @@ def test_check_spike_guard_accepts_right_and_explains_wrong():
     assert not wrong_nan.passed and "non-finite" in wrong_nan.message
     always = checks.check_spike_guard(lambda h, n, f: True)
     assert not always.passed and "empty history" in always.message
+
+
+# ----------------------------------------------------------------------------- stages and summary
+
+
+def test_fix_stages_are_cumulative():
+    base = lm.TrainConfig(lr=0.1)
+    st = lm.fix_stages(base, clip=2.0, warmup_steps=7, weight_decay=0.05)
+    assert list(st) == ["bare recipe", "+ clipping", "+ warm-up", "+ AdamW", "+ forget bias 1"]
+    assert st["bare recipe"] is base
+    last = st["+ forget bias 1"]
+    assert (last.clip, last.warmup_steps, last.optimizer, last.weight_decay, last.init, last.lr) == \
+        (2.0, 7, "adamw", 0.05, "forget_bias", 0.1)
+    assert st["+ clipping"].warmup_steps == 0 and st["+ warm-up"].optimizer == "adam"
+    assert "+ forget bias 1" not in lm.fix_stages(lm.TrainConfig(model="transformer"))
+
+
+def _record(grad_norm, loss, val, sigma, nonfinite=None):
+    rec = lm.TrainRecord(config={})
+    rec.grad_norm, rec.loss, rec.val_loss, rec.sigma_hh = grad_norm, loss, val, sigma
+    rec.nonfinite_step = nonfinite
+    return rec
+
+
+def test_summarize_counts_spikes_and_takes_medians():
+    recs = [_record([1.0, 150.0, 1.0], [3.0, 2.0, 1.0], [2.0], [5.0]),
+            _record([1.0, 50.0, 1.0], [3.0, 2.0, 2.0], [3.0], [7.0]),
+            _record([2.0, float("nan")], [3.0, float("nan")], [], [6.0], nonfinite=1)]
+    row = lm.summarize(recs)
+    assert row["spiked runs"] == 2 and row["runs"] == 3
+    assert row["peak |g|"] == 150.0
+    assert row["train loss"] == pytest.approx(statistics.median([2.0, 7 / 3, float("inf")]))
+    assert row["val loss"] == 3.0
+    assert row["sigma_max W_hh"] == 6.0
+    assert lm.summarize(recs[:2])["peak |g|"] == 100.0  # even count: mean of the middle two
+    with pytest.raises(ValueError, match="at least one"):
+        lm.summarize([])
