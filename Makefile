@@ -11,7 +11,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := .ci/constraints.txt
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
+# No MPLBACKEND here: a Jupyter kernel that inherits MPLBACKEND=Agg draws no inline
+# figures (the book once built without any). Headless matplotlib falls back to Agg by itself.
 # Jupyter, IPython and matplotlib write under $HOME; keep them inside the build.
 export JUPYTER_PLATFORM_DIRS := 1
 # One thread: the book's models are small, and on a busy 2-core machine a second

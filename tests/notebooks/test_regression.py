@@ -27,6 +27,32 @@ def test_outputs_reproduce(md, built_html):
     assert not problems, "outputs changed (re-run `make notebooks` if intended):\n" + "\n".join(problems)
 
 
+def _figure_cells(nb) -> list[tuple[int, str]]:
+    return [(i, c.metadata["mystnb"]["figure"].get("name", "?")) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and "figure" in c.metadata.get("mystnb", {})]
+
+
+def _has_image(cell) -> bool:
+    return any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {}) for o in cell.outputs)
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_figures_rendered(md, built_html):
+    """Every cell declared as a figure produced an image in the book's own execution and
+    in the stored notebook, and the HTML page shows one image per figure. (A kernel that
+    inherits MPLBACKEND=Agg draws nothing: the book once built without a single figure.)"""
+    executed = nbformat.read(BUILD / "jupyter_execute" / "chapters" / f"{md.stem}.ipynb", as_version=4)
+    stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+    for label, nb in (("book build", executed), ("stored .ipynb", stored)):
+        missing = [name for i, name in _figure_cells(nb) if not _has_image(nb.cells[i])]
+        assert not missing, f"{md.stem}: figure cells without an image in the {label}: {missing}"
+    html = (built_html / "chapters" / f"{md.stem}.html").read_text()
+    figures = len(_figure_cells(executed))
+    images = html.count('src="../_images/')
+    assert images >= figures, f"{md.stem}: {figures} figures declared, {images} images in the HTML page"
+
+
 DEFAULT_BUDGET_S = 120.0  # default size: at most 2 minutes on a 2-core CPU
 
 
