@@ -13,7 +13,7 @@ seeds x 1,000 steps and the transformer; on the CPU the chapter's default
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
         for stage, config in lm.fix_stages(base).items():
             records = []
             for seed in range(seeds):
-                run_config = lm.TrainConfig(**{**asdict(config), "seed": seed})
-                _, rec = lm.train_char_lm(run_config, train, val, len(vocab), device=device)
+                _, rec = lm.train_char_lm(replace(config, seed=seed), train, val, len(vocab), device=device)
                 records.append(rec)
             row = lm.summarize(records)
             row = {"model": model, "stage": stage, **{k.replace(" ", "_").replace("|", ""): v
