@@ -44,6 +44,35 @@ def _as_float(value) -> float:
     return float(value)
 
 
+def _call(fn: Callable, *args, where: str | None = None, convert: Callable | None = None,
+          hints: tuple[tuple[str, str], ...] = ()):
+    """Run the student's function on ``args``; return ``(value, None)``, or
+    ``(None, CheckResult)`` saying what went wrong, so that a bug in the student's
+    code reports instead of crashing the notebook.
+
+    ``where`` names the case in the message ("on the case 'x'"; by default the
+    arguments), ``convert`` is applied to the returned value (its failure is
+    reported as an unexpected return value), and ``hints`` holds
+    ``(substring, hint)`` pairs added when the exception's message contains the
+    substring.
+    """
+    where = where or f"for the arguments {args}"
+    try:
+        value = fn(*args)
+    except NotImplementedError:
+        return None, CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
+    except Exception as exc:  # the student's code: report, don't crash the notebook
+        hint = "".join(f" Hint: {h}" for key, h in hints if key in str(exc))
+        return None, CheckResult(False, f"your function raised {type(exc).__name__}: {exc} {where}.{hint}")
+    if convert is not None:
+        try:
+            value = convert(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            return None, CheckResult(False, f"your function returned {type(value).__name__} {where}, "
+                                            f"which is not what was asked: {exc}.")
+    return value, None
+
+
 def _params_with_grads(shapes, scale: float, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     params = []
@@ -72,16 +101,10 @@ def check_global_grad_norm(fn: Callable) -> CheckResult:
     for label, params in cases:
         grads = [p.grad for p in params if p.grad is not None]
         expected = float(torch.nn.utils.get_total_norm([g.double() for g in grads], 2.0))
-        try:
-            got = _as_float(fn(list(params)))
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:  # the student's code raised: say which case
-            hint = ""
-            if "NoneType" in str(exc):
-                hint = " Hint: some parameters have p.grad = None; skip them."
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} "
-                                      f"on the case '{label}'.{hint}")
+        got, err = _call(fn, list(params), where=f"on the case '{label}'", convert=_as_float,
+                         hints=(("NoneType", "some parameters have p.grad = None; skip them."),))
+        if err is not None:
+            return err
         if math.isclose(got, expected, rel_tol=1e-4):
             continue
         per_tensor = [float(torch.linalg.vector_norm(g, dtype=torch.float64)) for g in grads]
@@ -148,12 +171,10 @@ def check_jacobian_product(fn: Callable) -> CheckResult:
         return v
 
     expected = torch.func.jacrev(net)(x)
-    try:
-        got = torch.as_tensor(fn([W.clone() for W in weights], x.clone()), dtype=torch.float64)
-    except NotImplementedError:
-        return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-    except Exception as exc:
-        return CheckResult(False, f"your function raised {type(exc).__name__}: {exc}")
+    got, err = _call(fn, [W.clone() for W in weights], x.clone(), where="on a 3-layer tanh network",
+                     convert=lambda out: torch.as_tensor(out, dtype=torch.float64))
+    if err is not None:
+        return err
     if got.shape != expected.shape:
         hint = ""
         if got.shape == expected.T.shape:
@@ -193,12 +214,9 @@ def check_clip_grad_norm(fn: Callable) -> CheckResult:
         ref = copy.deepcopy(params)
         expected_total = float(torch.nn.utils.clip_grad_norm_(ref, max_norm))
         before = [p.grad.clone() for p in params]
-        try:
-            got_total = _as_float(fn(params, max_norm))
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        got_total, err = _call(fn, params, max_norm, where=f"on the case '{label}'", convert=_as_float)
+        if err is not None:
+            return err
         got = torch.cat([p.grad.flatten() for p in params])
         want = torch.cat([p.grad.flatten() for p in ref])
         unchanged = all(torch.equal(p.grad, b) for p, b in zip(params, before))
@@ -244,12 +262,9 @@ def check_power_iteration(fn: Callable) -> CheckResult:
         P_ref, Q_ref = power_iteration(M, Q0)
         expected = P_ref @ Q_ref.T
         label = f"M of shape {tuple(M.shape)}, rank {r}"
-        try:
-            out = fn(M.clone(), Q0.clone())
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case {label}.")
+        out, err = _call(fn, M.clone(), Q0.clone(), where=f"on the case {label}")
+        if err is not None:
+            return err
         if not (isinstance(out, tuple) and len(out) == 2):
             return CheckResult(False, "return a pair (P, Q_new).")
         P, Q = (torch.as_tensor(t, dtype=torch.float64) for t in out)
@@ -284,12 +299,9 @@ def check_error_feedback(fn: Callable) -> CheckResult:
         keep = torch.zeros(acc.numel(), dtype=torch.bool)
         keep[torch.topk(acc.abs().flatten(), k).indices] = True
         want_sent = torch.where(keep.view(acc.shape), acc, torch.zeros_like(acc))
-        try:
-            out = fn(grad.clone(), residual.clone(), k)
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        out, err = _call(fn, grad.clone(), residual.clone(), k, where=f"on the case '{label}'")
+        if err is not None:
+            return err
         if not (isinstance(out, tuple) and len(out) == 2):
             return CheckResult(False, "return a pair (sent, new_residual) of dense tensors.")
         sent, new_res = (torch.as_tensor(t) for t in out)
@@ -334,12 +346,9 @@ def check_top_singular(fn: Callable) -> CheckResult:
         v0 = torch.randn(W.shape[1], generator=g, dtype=torch.float64)
         exact = float(torch.linalg.matrix_norm(W, 2))
         ref_sigma, _, _ = power_iteration(W, v0, num_iters=iters)
-        try:
-            out = fn(W.clone(), v0.clone(), iters)
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case {label}.")
+        out, err = _call(fn, W.clone(), v0.clone(), iters, where=f"on the case {label}")
+        if err is not None:
+            return err
         if not (isinstance(out, tuple) and len(out) == 3):
             return CheckResult(False, "return a triple (sigma, u, v).")
         try:
@@ -384,12 +393,10 @@ def check_soft_threshold(fn: Callable) -> CheckResult:
              ("a large tau", torch.randn(20, generator=g, dtype=torch.float64), 10.0)]
     for label, x, tau in cases:
         want = torch.sign(x) * torch.clamp(x.abs() - tau, min=0)
-        try:
-            got = torch.as_tensor(fn(x.clone(), tau), dtype=torch.float64)
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} on the case '{label}'.")
+        got, err = _call(fn, x.clone(), tau, where=f"on the case '{label}'",
+                         convert=lambda out: torch.as_tensor(out, dtype=torch.float64))
+        if err is not None:
+            return err
         if got.shape != x.shape:
             return CheckResult(False, f"on the case '{label}' the result has shape {tuple(got.shape)}, "
                                       f"expected {tuple(x.shape)}: work elementwise.")
@@ -423,12 +430,10 @@ def check_adam_step(fn: Callable) -> CheckResult:
         grad = torch.randn(5, 3, generator=g, dtype=torch.float64) * 10.0 ** (t - 3)
         p_ref.grad = grad.clone()
         opt.step()
-        try:
-            out = fn(p.clone(), grad.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps)
-        except NotImplementedError:
-            return CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-        except Exception as exc:
-            return CheckResult(False, f"your function raised {type(exc).__name__}: {exc} at step t = {t}.")
+        out, err = _call(fn, p.clone(), grad.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps,
+                         where=f"at step t = {t}")
+        if err is not None:
+            return err
         if not (isinstance(out, tuple) and len(out) == 3):
             return CheckResult(False, "return a tuple (p, m, v) of the updated tensors.")
         new_p, new_m, new_v = (torch.as_tensor(x, dtype=torch.float64) for x in out)
@@ -454,17 +459,6 @@ def check_adam_step(fn: Callable) -> CheckResult:
                              "the tested version is gradlab.optim.Adam.")
 
 
-def _call(fn: Callable, *args):
-    """Run the student's function; return (value, None) or (None, CheckResult) on an error."""
-    try:
-        return fn(*args), None
-    except NotImplementedError:
-        return None, CheckResult(False, "your function is not written yet (it raises NotImplementedError).")
-    except Exception as exc:  # the student's code: report, don't crash the notebook
-        return None, CheckResult(False, f"your function raised {type(exc).__name__}: {exc} "
-                                        f"for the arguments {args}.")
-
-
 def check_warmup(fn: Callable) -> CheckResult:
     """Check ``fn(step, warmup_steps) -> float``: the linear warm-up factor
     ``min(1, (step + 1) / warmup_steps)`` for 0-based steps (1 when
@@ -477,10 +471,9 @@ def check_warmup(fn: Callable) -> CheckResult:
                                                   total_iters=w - 1)
         for step in range(2 * w + 3):
             ref = opt.param_groups[0]["lr"]
-            got, err = _call(fn, step, w)
+            got, err = _call(fn, step, w, where=f"at step {step} with warmup_steps = {w}", convert=_as_float)
             if err is not None:
                 return err
-            got = _as_float(got)
             if not math.isclose(got, ref, rel_tol=1e-9, abs_tol=1e-12):
                 if math.isclose(got, step / w, rel_tol=1e-9, abs_tol=1e-12):
                     hint = ("off by one: at step 0 the factor is step / warmup_steps = 0, so the first "
@@ -493,10 +486,10 @@ def check_warmup(fn: Callable) -> CheckResult:
                                           f"expected {ref:.6g}; {hint}")
             opt.step()
             sched.step()
-    got, err = _call(fn, 0, 0)
+    got, err = _call(fn, 0, 0, where="with warmup_steps = 0", convert=_as_float)
     if err is not None:
         return err
-    if not math.isclose(_as_float(got), 1.0):
+    if not math.isclose(got, 1.0):
         return CheckResult(False, f"warmup_steps = 0 means no warm-up: the factor should be 1, got {got}.")
     return CheckResult(True, "your factors match torch.optim.lr_scheduler.LinearLR for 4, 10 and 50 "
                              "warm-up steps; the tested version is gradlab.lm.warmup_factor.")
@@ -525,7 +518,8 @@ def check_spike_guard(fn: Callable) -> CheckResult:
             expected = set(detect_spikes(values, window=20, factor=factor))
             history: list[float] = []
             for i, v in enumerate(values):
-                got, err = _call(fn, list(history), v, factor)
+                got, err = _call(fn, list(history), v, factor,
+                                 where=f"in '{label}' (factor {factor}) at step {i}")
                 if err is not None:
                     return err
                 if not isinstance(got, (bool, int)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):

@@ -1,5 +1,6 @@
 """The exercise checkers must accept right answers and name the mistake in wrong ones."""
 
+import pytest
 import torch
 
 from gradlab import checks
@@ -116,3 +117,35 @@ def test_clip_grad_norm_checker():
         return total
     r = checks.check_clip_grad_norm(not_in_place)
     assert not r.passed and "in place" in r.message
+
+
+FUNCTION_CHECKERS = [checks.check_global_grad_norm, checks.check_jacobian_product,
+                     checks.check_clip_grad_norm, checks.check_power_iteration,
+                     checks.check_error_feedback, checks.check_top_singular,
+                     checks.check_soft_threshold, checks.check_adam_step,
+                     checks.check_warmup, checks.check_spike_guard]
+
+
+@pytest.mark.parametrize("checker", FUNCTION_CHECKERS, ids=lambda c: c.__name__)
+def test_every_checker_reports_a_stub_and_a_crash_instead_of_raising(checker):
+    def stub(*args):
+        raise NotImplementedError
+
+    def crashes(*args):
+        raise ZeroDivisionError("float division by zero")
+
+    stub_result = checker(stub)
+    assert not stub_result.passed and "not written yet" in stub_result.message
+    crash_result = checker(crashes)
+    assert not crash_result.passed
+    assert "ZeroDivisionError: float division by zero" in crash_result.message
+    # the message names the case (or the arguments) that made it crash
+    assert any(word in crash_result.message for word in ("case", "step", "network", "arguments"))
+
+
+@pytest.mark.parametrize("checker", [checks.check_global_grad_norm, checks.check_clip_grad_norm,
+                                     checks.check_warmup], ids=lambda c: c.__name__)
+def test_a_checker_expecting_a_number_reports_a_vector(checker):
+    result = checker(lambda *args: torch.ones(3))
+    assert not result.passed
+    assert "Tensor" in result.message and "shape (3,)" in result.message
