@@ -1,7 +1,9 @@
 """Global-norm gradient clipping: time and effective memory bandwidth.
 
-Cases: torch.nn.utils.clip_grad_norm_ (foreach and per-tensor loop) and
-gradlab.clip.clip_grad_norm_ (the same two paths), against two references for
+Cases: torch.nn.utils.clip_grad_norm_ (foreach and per-tensor loop),
+gradlab.clip.clip_grad_norm_ (the same two paths) and gradlab.clip.FlatGradients
+(the gradients in one buffer: one reduction and one in-place scale, the
+fused path), against two references for
 the attainable memory bandwidth, the roofline of a memory-bound kernel: a copy
 into another buffer (``dst.copy_(src)``) and an in-place scaling
 (``x.mul_(c)``), both counted as 8 bytes per float.
@@ -23,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import cli, time_it, write_results  # noqa: E402
 
-from gradlab.clip import clip_grad_norm_  # noqa: E402
+from gradlab.clip import FlatGradients, clip_grad_norm_  # noqa: E402
 
 
 def make_grads(total: int, n_tensors: int, device: torch.device) -> list[torch.Tensor]:
@@ -56,13 +58,19 @@ def measure(total: int, n_tensors: int, device: torch.device) -> list[dict]:
         "gradlab loop": lambda: clip_grad_norm_(params, 1.0, foreach=False),
     }
     for name, fn in impls.items():
-        t = time_it(fn, device, repeats=10)
-        gbs = 3 * 4 * n / t["median_s"] / 1e9
-        cases.append({"impl": name, "params": n, **t, "gb_per_s": gbs,
-                      "fraction_of_copy_bandwidth": gbs / copy_gbs})
-        print(f"{n:>11,d} params  {name:16s} {t['median_s'] * 1e3:9.3f} ms  {gbs:7.1f} GB/s "
-              f"({gbs / copy_gbs:.0%} of copy)", flush=True)
+        cases.append(_clip_case(name, fn, n, device, copy_gbs))
+    # last, because it moves every p.grad into one buffer (the list paths above see separate tensors)
+    flat = FlatGradients(params)
+    cases.append(_clip_case("gradlab flat buffer", lambda: flat.clip_norm_(1.0), n, device, copy_gbs))
     return cases
+
+
+def _clip_case(name: str, fn, n: int, device: torch.device, copy_gbs: float) -> dict:
+    t = time_it(fn, device, repeats=10)
+    gbs = 3 * 4 * n / t["median_s"] / 1e9
+    print(f"{n:>11,d} params  {name:19s} {t['median_s'] * 1e3:9.3f} ms  {gbs:7.1f} GB/s "
+          f"({gbs / copy_gbs:.0%} of copy)", flush=True)
+    return {"impl": name, "params": n, **t, "gb_per_s": gbs, "fraction_of_copy_bandwidth": gbs / copy_gbs}
 
 
 def main(argv=None) -> None:

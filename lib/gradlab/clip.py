@@ -10,6 +10,10 @@
   relative to the norm of that unit's weights.
 * :class:`AdaptiveClipper`: a norm-clipping threshold taken from the history of
   observed gradient norms (a running quantile).
+* :class:`FlatGradients`: the gradients of a model kept in one contiguous
+  buffer per device and dtype, so that global-norm clipping is two passes over
+  one array (a reduction, then an in-place scale) instead of one small kernel
+  per tensor: the memory-speed path.
 
 All functions work in place on ``p.grad`` for parameters that have one, group
 tensors by device and dtype (so mixed CPU/CUDA and float32/float64 lists
@@ -19,13 +23,14 @@ work), and validate their arguments with messages that say what to do.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
 import torch
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "adaptive_clip_grad_", "unitwise_norm",
-           "AdaptiveClipper"]
+           "AdaptiveClipper", "FlatGradients"]
 
 _Params = torch.Tensor | Iterable[torch.Tensor]
 
@@ -36,17 +41,27 @@ def _grads(parameters: _Params) -> list[torch.Tensor]:
     return [p.grad for p in parameters if p.grad is not None]
 
 
-def _check_threshold(name: str, value: float) -> float:
+_NORM_HINT = ("Typical values are 0.1 to 10: pick one from the gradient norms you observe "
+              "(e.g. their 90th percentile).")
+
+
+def _check_threshold(name: str, value: float, hint: str = _NORM_HINT) -> float:
+    """``value`` as a float, or an error saying what a valid ``name`` is.
+
+    Python and NumPy numbers and one-element tensors are accepted (as torch's
+    functions accept them); booleans, strings and non-positive or non-finite
+    values are not.
+    """
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"{name} must be one number, got a tensor of shape {tuple(value.shape)}")
         value = float(value)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{name} must be a finite number > 0, got {value}. Typical values are 0.1 to 10: "
-            "pick one from the gradient norms you observe (e.g. their 90th percentile)."
-        )
-    return float(value)
+        raise ValueError(f"{name} must be a finite number > 0, got {value}. {hint}")
+    return value
 
 
 def _check_norm_type(norm_type: float) -> float:
@@ -63,10 +78,38 @@ def _group(grads: list[torch.Tensor]) -> dict[tuple, list[torch.Tensor]]:
     return groups
 
 
+_FOREACH_DEVICES = ("cpu", "cuda", "xpu")
+
+
 def _use_foreach(foreach: bool | None, device: torch.device) -> bool:
     if foreach is None:
-        return device.type in ("cpu", "cuda")
+        return device.type in _FOREACH_DEVICES
+    if foreach and device.type not in _FOREACH_DEVICES:
+        raise RuntimeError(f"foreach=True was passed, but the multi-tensor kernels do not support "
+                           f"{device.type} tensors; pass foreach=None (or False) to use the per-tensor loop")
     return foreach
+
+
+def _total_norm(groups: dict[tuple, list[torch.Tensor]], norm_type: float, foreach: bool | None,
+                out_device: torch.device) -> torch.Tensor:
+    """The ``norm_type``-norm of all tensors in ``groups`` together, on ``out_device``."""
+    norms: list[torch.Tensor] = []
+    for (device, _), gs in groups.items():
+        if _use_foreach(foreach, device):
+            norms.extend(torch._foreach_norm(gs, norm_type))
+        else:
+            norms.extend(torch.linalg.vector_norm(g, norm_type) for g in gs)
+    return torch.linalg.vector_norm(torch.stack([n.to(out_device) for n in norms]), norm_type)
+
+
+def _raise_if_nonfinite(total: torch.Tensor, norm_type: float) -> None:
+    if not bool(torch.isfinite(total)):
+        raise RuntimeError(
+            f"the total norm of order {norm_type} of the gradients is {total.item()}, so clipping "
+            "cannot rescale them. Skip this step (zero the gradients), lower the learning rate, "
+            "or find the op that overflowed with torch.autograd.set_detect_anomaly(True); "
+            "pass error_if_nonfinite=False to clip anyway (the gradients become 0 or NaN)."
+        )
 
 
 def clip_grad_norm_(
@@ -90,28 +133,21 @@ def clip_grad_norm_(
     Raises ``ValueError`` for ``max_norm <= 0`` (where torch silently flips or
     zeroes gradients) and, with ``error_if_nonfinite=True``, ``RuntimeError``
     when the total norm is NaN or inf.
+
+    Differences from torch, on purpose: ``max_norm`` must be finite and > 0, and
+    ``norm_type`` must be > 0 or ``inf`` (torch also accepts 0, the count of
+    non-zero entries, which is not a norm one can clip by). Like torch,
+    ``foreach=True`` on a device without multi-tensor kernels raises.
     """
     max_norm = _check_threshold("max_norm", max_norm)
     norm_type = _check_norm_type(norm_type)
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    first_device = grads[0].device
     groups = _group(grads)
-    norms: list[torch.Tensor] = []
-    for (device, _), gs in groups.items():
-        if _use_foreach(foreach, device):
-            norms.extend(torch._foreach_norm(gs, norm_type))
-        else:
-            norms.extend(torch.linalg.vector_norm(g, norm_type) for g in gs)
-    total = torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
-    if error_if_nonfinite and not bool(torch.isfinite(total)):
-        raise RuntimeError(
-            f"the total norm of order {norm_type} of the gradients is {total.item()}, so clipping "
-            "cannot rescale them. Skip this step (zero the gradients), lower the learning rate, "
-            "or find the op that overflowed with torch.autograd.set_detect_anomaly(True); "
-            "pass error_if_nonfinite=False to clip anyway (the gradients become 0 or NaN)."
-        )
+    total = _total_norm(groups, norm_type, foreach, grads[0].device)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, norm_type)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for (device, _), gs in groups.items():
         c = coef.to(device)
@@ -174,8 +210,11 @@ def adaptive_clip_grad_(
 
     Returns the fraction of units that were clipped (a float tensor).
     """
-    clipping = _check_threshold("clipping", clipping)
-    eps = _check_threshold("eps", eps)
+    clipping = _check_threshold("clipping", clipping,
+                                "Brock et al. (2021) use 0.01 to 0.16: the largest allowed ratio of a "
+                                "unit's gradient norm to its weight norm.")
+    eps = _check_threshold("eps", eps, "The paper uses 1e-3: the weight norm assumed for units whose "
+                                       "weights are (near) zero.")
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     clipped, units = 0, 0
@@ -196,40 +235,48 @@ class AdaptiveClipper:
     """Norm clipping with a threshold learned from the history of gradient norms.
 
     Each call computes the global gradient norm, clips at
-    ``factor * quantile(history, q)`` once ``warmup`` norms have been seen (at
-    ``initial`` before that; ``inf`` means no clipping during warm-up), and
-    appends the *unclipped* norm to a window of the last ``window`` norms. A
-    quantile (not the mean or maximum) keeps one spike from raising the
-    threshold much. Usage::
+    ``factor * quantile(history, q)`` once ``warmup`` finite norms have been
+    seen (at ``initial`` before that; ``inf`` means no clipping during warm-up),
+    and appends the *unclipped* norm to the history: the last ``window`` norms,
+    or every norm seen with ``window=None``, which with ``factor=1`` is AutoClip
+    (Seetharaman et al. 2020). A quantile (not the mean or maximum) keeps one
+    spike from raising the threshold much. Usage::
 
         clipper = AdaptiveClipper(quantile=0.9, window=200)
         loss.backward()
         norm, threshold = clipper(model.parameters())
         optimizer.step()
+
+    A non-finite norm is never added to the history. With
+    ``error_if_nonfinite=True`` it raises ``RuntimeError`` (so that the caller
+    can skip the step) instead of clipping, which would turn the gradients
+    into 0 or NaN.
     """
 
-    def __init__(self, quantile: float = 0.9, window: int = 200, factor: float = 1.0,
-                 warmup: int = 20, norm_type: float = 2.0, initial: float = math.inf) -> None:
+    def __init__(self, quantile: float = 0.9, window: int | None = 200, factor: float = 1.0,
+                 warmup: int = 20, norm_type: float = 2.0, initial: float = math.inf,
+                 error_if_nonfinite: bool = False) -> None:
         if not 0.0 < quantile <= 1.0:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-        if not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive int, got {window!r}")
-        if not isinstance(warmup, int) or not 1 <= warmup <= window:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}; 0.9 clips the top 10 % of norms")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be a positive int (or None for the whole history), got {window!r}")
+        if not isinstance(warmup, int) or warmup < 1 or (window is not None and warmup > window):
             raise ValueError(f"warmup must be an int in [1, window={window}], got {warmup!r}")
         self.quantile = quantile
         self.window = window
-        self.factor = _check_threshold("factor", factor)
+        self.factor = _check_threshold("factor", factor, "1 clips at the quantile itself; 2 to 5 only "
+                                                         "catches spikes well above it.")
         self.warmup = warmup
         self.norm_type = _check_norm_type(norm_type)
         self.initial = math.inf if initial == math.inf else _check_threshold("initial", initial)
+        self.error_if_nonfinite = bool(error_if_nonfinite)
         self.history: deque[float] = deque(maxlen=window)
 
     def threshold(self) -> float:
         """The current threshold (``initial`` during warm-up)."""
-        finite = [h for h in self.history if math.isfinite(h)]
-        if len(finite) < self.warmup:
+        if len(self.history) < self.warmup:
             return self.initial
-        ordered = sorted(finite)
+        ordered = sorted(self.history)
         idx = min(len(ordered) - 1, max(0, math.ceil(self.quantile * len(ordered)) - 1))
         return self.factor * ordered[idx]
 
@@ -239,20 +286,121 @@ class AdaptiveClipper:
         limit = self.threshold()
         if math.isinf(limit):
             grads = _grads(params)
-            norm = float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g, self.norm_type).double() for g in grads]),
-                self.norm_type)) if grads else 0.0
+            total = (_total_norm(_group(grads), self.norm_type, None, grads[0].device)
+                     if grads else torch.tensor(0.0))
+            if self.error_if_nonfinite:
+                _raise_if_nonfinite(total, self.norm_type)
         else:
-            norm = float(clip_grad_norm_(params, limit, self.norm_type))
-        self.history.append(norm)
+            total = clip_grad_norm_(params, limit, self.norm_type,
+                                    error_if_nonfinite=self.error_if_nonfinite)
+        norm = float(total)
+        if math.isfinite(norm):
+            self.history.append(norm)
         return norm, limit
 
     def state_dict(self) -> dict:
         return {"history": list(self.history), "quantile": self.quantile, "window": self.window,
                 "factor": self.factor, "warmup": self.warmup, "norm_type": self.norm_type,
-                "initial": self.initial}
+                "initial": self.initial, "error_if_nonfinite": self.error_if_nonfinite}
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(state["quantile"], state["window"], state["factor"], state["warmup"],
-                      state["norm_type"], state.get("initial", math.inf))
+                      state["norm_type"], state.get("initial", math.inf),
+                      state.get("error_if_nonfinite", False))
         self.history.extend(state["history"])
+
+
+class FlatGradients:
+    """Keep the gradients of ``parameters`` in one contiguous buffer per (device, dtype).
+
+    Every ``p.grad`` becomes a view into its group's buffer, and autograd keeps
+    accumulating into those views in place (it adds to an existing ``.grad``).
+    Clipping by the global norm is then two passes over one long array: one
+    reduction for the norm and one in-place multiply, 12 bytes of memory traffic
+    per float32 gradient, with no per-tensor kernels and no list of per-tensor
+    norms. No implementation can do with fewer passes, because the scale depends
+    on the norm of *all* gradients. DDP's ``gradient_as_bucket_view=True`` uses
+    the same trick for its buckets.
+
+    Usage::
+
+        flat = FlatGradients(model.parameters())
+        for x, y in loader:
+            flat.zero_()                      # instead of optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            norm = flat.clip_norm_(1.0)       # same result as torch.nn.utils.clip_grad_norm_
+            optimizer.step()
+
+    ``optimizer.zero_grad()`` with its default ``set_to_none=True`` replaces the
+    views by ``None``; the next call of any method here notices and binds the
+    views again (copying a gradient that autograd stored elsewhere meanwhile),
+    so nothing is lost, but the first backward after it allocates.
+    """
+
+    def __init__(self, parameters: _Params) -> None:
+        params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("no parameter requires a gradient: pass model.parameters() of a model "
+                             "you train (FlatGradients keeps their gradients in one buffer)")
+        if any(p.is_sparse for p in self.params):
+            raise ValueError("sparse parameters cannot share a dense gradient buffer; clip them with "
+                             "clip_grad_norm_ instead")
+        sizes: dict[tuple, int] = defaultdict(int)
+        self._slot: list[tuple[tuple, int]] = []
+        for p in self.params:
+            key = (p.device, p.dtype)
+            self._slot.append((key, sizes[key]))
+            sizes[key] += p.numel()
+        self.buffers = {key: torch.zeros(n, device=key[0], dtype=key[1]) for key, n in sizes.items()}
+        self._views = [self.buffers[key][start:start + p.numel()].view(p.shape)
+                       for p, (key, start) in zip(self.params, self._slot)]
+        self.bind_()
+
+    def bind_(self) -> None:
+        """Make every ``p.grad`` the view into the buffer again, keeping its value
+        (a gradient set to ``None`` counts as zero)."""
+        for p, view in zip(self.params, self._views):
+            g = p.grad
+            if g is not None and g.data_ptr() == view.data_ptr() and g.stride() == view.stride():
+                continue
+            if g is None:
+                view.zero_()
+            else:
+                view.copy_(g.to_dense() if g.is_sparse else g)
+            p.grad = view
+
+    def zero_(self) -> None:
+        """Zero all gradients: one fill per buffer."""
+        self.bind_()
+        for buf in self.buffers.values():
+            buf.zero_()
+
+    def norm(self, norm_type: float = 2.0) -> torch.Tensor:
+        """The global ``norm_type``-norm of all gradients (a 0-dim tensor on the
+        first parameter's device), without a host synchronisation."""
+        norm_type = _check_norm_type(norm_type)
+        self.bind_()
+        first = self._slot[0][0][0]
+        norms = [torch.linalg.vector_norm(buf, norm_type).to(first) for buf in self.buffers.values()]
+        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+    def clip_norm_(self, max_norm: float, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False) -> torch.Tensor:
+        """Global-norm clipping with the semantics of :func:`clip_grad_norm_`
+        (scale ``min(1, max_norm / (norm + 1e-6))``; returns the norm before clipping)."""
+        max_norm = _check_threshold("max_norm", max_norm)
+        total = self.norm(norm_type)
+        if error_if_nonfinite:
+            _raise_if_nonfinite(total, norm_type)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for (device, _), buf in self.buffers.items():
+            buf.mul_(coef.to(device))
+        return total
+
+    def clip_value_(self, clip_value: float) -> None:
+        """Clamp every gradient entry to ``[-clip_value, clip_value]`` (one pass per buffer)."""
+        clip_value = _check_threshold("clip_value", clip_value)
+        self.bind_()
+        for buf in self.buffers.values():
+            buf.clamp_(-clip_value, clip_value)

@@ -5,12 +5,20 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradlab.clip import AdaptiveClipper, adaptive_clip_grad_, clip_grad_norm_, clip_grad_value_, unitwise_norm
+from gradlab.clip import (
+    AdaptiveClipper,
+    FlatGradients,
+    adaptive_clip_grad_,
+    clip_grad_norm_,
+    clip_grad_value_,
+    unitwise_norm,
+)
 
 DTYPES = [torch.float32, torch.float64]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -113,7 +121,7 @@ def test_bad_norm_type_and_type_errors():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("foreach", [None, False])
+@pytest.mark.parametrize("foreach", [None, True, False])
 def test_clip_grad_value_matches_torch(dtype, foreach):
     ours = make_params(SHAPES, dtype, scale=3.0, missing={1})
     ref = copy.deepcopy(ours)
@@ -226,3 +234,171 @@ def test_adaptive_clipper_initial_threshold_during_warmup():
     assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="warmup"):
         AdaptiveClipper(window=5, warmup=10)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.int64(2), torch.tensor(0.5)])
+def test_numpy_and_tensor_thresholds_are_accepted_like_torch(value):
+    ours, ref = make_params(SHAPES, scale=3.0), make_params(SHAPES, scale=3.0)
+    torch.testing.assert_close(clip_grad_norm_(ours, value), torch.nn.utils.clip_grad_norm_(ref, value))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_each_threshold_error_gives_advice_for_that_threshold():
+    with pytest.raises(ValueError, match="Brock et al"):
+        adaptive_clip_grad_(make_params([(3, 3)]), clipping=-0.01)
+    with pytest.raises(ValueError, match="max_norm.*gradient norms you observe"):
+        clip_grad_norm_(make_params([(3,)]), -1.0)
+    with pytest.raises(TypeError, match="one number"):
+        clip_grad_norm_(make_params([(3,)]), torch.ones(2))
+    with pytest.raises(TypeError, match="must be a number"):
+        clip_grad_norm_(make_params([(3,)]), True)
+
+
+def test_adaptive_clipper_whole_history_and_nonfinite_norms():
+    clipper = AdaptiveClipper(quantile=0.5, window=None, warmup=2)  # AutoClip: every norm seen
+    for scale in [1.0, 2.0, 3.0, 4.0, 5.0] * 60:
+        p = torch.zeros(1, requires_grad=True)
+        p.grad = torch.tensor([scale])
+        clipper([p])
+    assert len(clipper.history) == 300 and clipper.threshold() == 3.0
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.tensor([math.inf, 1.0])
+    norm, _ = clipper([p])
+    assert math.isinf(norm) and len(clipper.history) == 300  # never enters the history
+    strict = AdaptiveClipper(warmup=1, error_if_nonfinite=True)
+    p.grad = torch.tensor([math.nan, 1.0])
+    with pytest.raises(RuntimeError, match="Skip this step"):
+        strict([p])  # during warm-up (no clipping yet)
+    p.grad = torch.tensor([1.0, 1.0])
+    strict([p])
+    p.grad = torch.tensor([math.inf, 1.0])
+    with pytest.raises(RuntimeError, match="Skip this step"):
+        strict([p])  # and after it
+    restored = AdaptiveClipper()
+    restored.load_state_dict(strict.state_dict())
+    assert restored.error_if_nonfinite and list(restored.history) == list(strict.history)
+
+
+def _mlp(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16),
+                               torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+
+
+def _backward(model, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 6, generator=g, dtype=next(model.parameters()).dtype)
+    (scale * model(x).pow(2).sum()).backward()
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_flat_gradients_accumulate_in_place_and_clip_like_torch(norm_type, max_norm):
+    ours, ref = _mlp(), _mlp()
+    flat = FlatGradients(ours.parameters())
+    for seed in (1, 2):  # two backward passes: autograd accumulates into the views
+        _backward(ours, seed)
+        _backward(ref, seed)
+    (buf,) = flat.buffers.values()
+    for p in ours.parameters():  # every gradient still lives in the buffer
+        assert buf.data_ptr() <= p.grad.data_ptr() < buf.data_ptr() + buf.numel() * buf.element_size()
+    total = flat.clip_norm_(max_norm, norm_type)
+    total_ref = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm, norm_type)
+    torch.testing.assert_close(total, total_ref)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_flat_gradients_survive_zero_grad_set_to_none_and_train_like_torch():
+    ours, ref = _mlp(), _mlp()
+    flat = FlatGradients(ours.parameters())
+    opt = torch.optim.Adam(ours.parameters(), lr=1e-2)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for step in range(4):
+        opt.zero_grad()  # set_to_none=True: the views are dropped ...
+        opt_ref.zero_grad()
+        _backward(ours, step, scale=10.0)
+        _backward(ref, step, scale=10.0)
+        total = flat.clip_norm_(1.0)  # ... and bound again, with autograd's fresh gradient copied in
+        total_ref = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        torch.testing.assert_close(total, total_ref)
+        opt.step()
+        opt_ref.step()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)
+    flat.zero_()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in ours.parameters())
+    assert float(flat.norm()) == 0.0
+
+
+def test_flat_gradients_mixed_dtypes_value_clipping_and_errors():
+    a, b = _mlp(0, torch.float32), _mlp(1, torch.float64)
+    ref_a, ref_b = _mlp(0, torch.float32), _mlp(1, torch.float64)
+    flat = FlatGradients(list(a.parameters()) + list(b.parameters()))
+    assert len(flat.buffers) == 2  # one buffer per dtype
+    for model in (a, b, ref_a, ref_b):
+        _backward(model, 3)
+    ref_params = list(ref_a.parameters()) + list(ref_b.parameters())
+    torch.testing.assert_close(flat.norm(), torch.nn.utils.get_total_norm([p.grad for p in ref_params]))
+    flat.clip_value_(0.5)
+    torch.nn.utils.clip_grad_value_(ref_params, 0.5)
+    for p, q in zip(flat.params, ref_params):
+        assert torch.equal(p.grad, q.grad)
+    for p in flat.params:
+        p.grad.fill_(math.inf)
+    with pytest.raises(RuntimeError, match="Skip this step"):
+        flat.clip_norm_(1.0, error_if_nonfinite=True)
+    with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+        flat.clip_norm_(-1.0)
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter requires a gradient"):
+        FlatGradients(frozen.parameters())
+
+
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_nonfinite_gradients_raise_like_torch(norm_type, bad):
+    ours = make_params([(4,), (3,)])
+    ours[1].grad[2] = bad
+    with pytest.raises(RuntimeError, match="Skip this step"):
+        clip_grad_norm_(ours, 1.0, norm_type, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):
+        torch.nn.utils.clip_grad_norm_(copy.deepcopy(ours), 1.0, norm_type, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_empty_and_zero_cases_return_what_torch_returns(norm_type):
+    for ours in ([], make_params([(3,), (2, 2)], missing={0, 1}), make_params([(3,), (2, 2)], scale=0.0)):
+        ref = copy.deepcopy(ours)
+        total = clip_grad_norm_(ours, 1.0, norm_type)
+        total_ref = torch.nn.utils.clip_grad_norm_(ref, 1.0, norm_type)
+        torch.testing.assert_close(total, total_ref)
+        for a, b in zip(ours, ref):
+            assert (a.grad is None) == (b.grad is None)
+            if a.grad is not None:
+                assert torch.equal(a.grad, b.grad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), clipping=st.floats(1e-3, 1.0), seed=st.integers(0, 1000))
+def test_agc_never_increases_a_units_gradient_norm(scale, clipping, seed):
+    params = make_params([(6, 5), (4, 3, 2, 2), (7,)], dtype=torch.float64, scale=scale, seed=seed)
+    before = [unitwise_norm(p.grad).clone() for p in params]
+    adaptive_clip_grad_(params, clipping=clipping)
+    for p, b in zip(params, before):
+        after = unitwise_norm(p.grad)
+        assert torch.all(after <= b * (1 + 1e-12))
+        # and every unit ends at or below its allowed ratio to the weight norm
+        allowed = clipping * unitwise_norm(p.detach()).clamp(min=1e-3)
+        assert torch.all(after <= torch.maximum(allowed, b) * (1 + 1e-9))
+        assert torch.all((after <= allowed * (1 + 1e-9)) | torch.isclose(after, b))
+
+
+def test_foreach_true_on_a_device_without_foreach_kernels_raises_like_torch():
+    params = [torch.zeros(3, device="meta", requires_grad=True)]
+    params[0].grad = torch.zeros(3, device="meta")
+    with pytest.raises(RuntimeError, match="foreach=True"):
+        clip_grad_norm_(params, 1.0, foreach=True)
+    with pytest.raises(RuntimeError, match="foreach=True"):
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
