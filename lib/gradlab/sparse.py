@@ -73,44 +73,85 @@ def _check_dense_real(optimizer: torch.optim.Optimizer, name: str) -> None:
                                  "complex parameters")
 
 
-def _rows(p: torch.Tensor, grad: torch.Tensor, maximize: bool
-          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``(view, idx, values)``: the parameter as a 2-D view ``[rows, rest]``, the
-    unique touched row indices (``None`` = all rows) and their gradient rows.
+class _Rows:
+    """The rows of a parameter that one gradient touches, and row-wise access to
+    any tensor of the parameter's shape (the parameter, its optimizer state).
+
+    ``shape`` is the 2-D shape ``[rows, rest]``; ``flat`` holds the unique
+    touched row numbers (``None``: all rows); ``index`` the same rows as one
+    index tensor per leading dimension. Contiguous tensors are accessed through
+    a 2-D view with ``index_select`` / ``index_copy_`` (the fast path); other
+    layouts (a transposed weight, ``Parameter(x.t())``) through advanced
+    indexing and ``index_put_``, which works for any strides and, like the fast
+    path, touches only the named rows."""
+
+    def __init__(self, shape: tuple[int, int], flat: torch.Tensor | None,
+                 index: tuple[torch.Tensor, ...] = (), unsqueeze: bool = False) -> None:
+        self.shape, self.flat, self.index, self.unsqueeze = shape, flat, index, unsqueeze
+        self.n_rows = shape[0]
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The touched rows of ``t`` as a ``[touched, rest]`` tensor."""
+        if self.flat is None:
+            return t.reshape(self.shape)
+        if t.is_contiguous():
+            return t.view(self.shape).index_select(0, self.flat)
+        src = t.unsqueeze(0) if self.unsqueeze else t
+        return src[self.index].reshape(self.flat.numel(), self.shape[1])
+
+    def scatter_(self, t: torch.Tensor, rows: torch.Tensor) -> None:
+        """Write ``rows`` (``[touched, rest]``) into the touched rows of ``t``, in place."""
+        if self.flat is None:
+            t.copy_(rows.reshape(t.shape))
+        elif t.is_contiguous():
+            t.view(self.shape).index_copy_(0, self.flat, rows)
+        else:
+            dst = t.unsqueeze(0) if self.unsqueeze else t
+            dst.index_put_(self.index, rows.reshape(self.flat.numel(), *dst.shape[len(self.index):]))
+
+
+def _rows(p: torch.Tensor, grad: torch.Tensor, maximize: bool) -> tuple[_Rows, torch.Tensor]:
+    """``(rows, values)``: the rows of ``p`` that ``grad`` touches and their
+    gradient rows, ``[touched, rest]``.
 
     For a sparse COO gradient with ``sparse_dim = k`` the rows are the entries of
-    the first ``k`` dimensions, flattened; duplicates are summed (coalesced)."""
+    the first ``k`` dimensions, flattened; duplicates are summed (coalesced). A
+    dense gradient touches every row of the first dimension."""
     if grad.is_sparse:
         grad = grad.coalesce()
         k = grad.sparse_dim()
         lead = p.shape[:k]
-        view = p.view(math.prod(lead), -1) if k else p.view(1, -1)
         ind = grad.indices()
         if k > 1:
             strides = torch.tensor([math.prod(lead[i + 1:]) for i in range(k)], device=ind.device)
-            idx = (ind * strides[:, None]).sum(0)
+            flat = (ind * strides[:, None]).sum(0)
         elif k == 1:
-            idx = ind[0]
-        else:
-            idx = torch.zeros(1, dtype=torch.long, device=p.device)
-        values = grad.values().reshape(idx.numel(), -1)
+            flat = ind[0]
+        else:  # no sparse dimension: the whole tensor is one row
+            flat = torch.zeros(min(1, grad.values().shape[0]), dtype=torch.long, device=ind.device)
+        index = tuple(ind) if k else (flat,)
+        rest = math.prod(p.shape[k:])
+        rows = _Rows((math.prod(lead), rest) if k else (1, rest), flat, index, unsqueeze=k == 0)
+        values = grad.values().reshape(flat.numel(), rest)
     else:
         if grad.layout != torch.strided:
             raise TypeError(f"gradient layout {grad.layout} is not supported; use sparse COO "
                             "(tensor.to_sparse()) or a dense gradient")
-        view = p.view(p.shape[0], -1) if p.dim() else p.view(1, 1)
-        idx = None
-        values = grad.reshape(view.shape)
+        shape = (p.shape[0], math.prod(p.shape[1:])) if p.dim() else (1, 1)
+        rows = _Rows(shape, None)
+        values = grad.reshape(shape)
     if maximize:
         values = -values
-    return view, idx, values
+    return rows, values
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Entries ``idx`` of a 1-D per-row state tensor (``None``: all of them)."""
     return t if idx is None else t.index_select(0, idx)
 
 
 def _scatter_(t: torch.Tensor, idx: torch.Tensor | None, rows: torch.Tensor) -> None:
+    """Write ``rows`` into entries ``idx`` of a 1-D per-row state tensor, in place."""
     if idx is None:
         t.copy_(rows)
     else:
@@ -180,24 +221,23 @@ class SparseAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                view, idx, g = _rows(p, p.grad, group["maximize"])
+                rows, g = _rows(p, p.grad, group["maximize"])
                 if g.numel() == 0:
                     continue
-                m = state["exp_avg"].view(view.shape)
-                v = state["exp_avg_sq"].view(view.shape)
-                m_old, v_old = _gather(m, idx), _gather(v, idx)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m_old, v_old = rows.gather(m), rows.gather(v)
                 # old <- b * old + (1 - b) * new, written as old + (1 - b) * (new - old), as torch does
                 m_upd = (g - m_old).mul_(1 - beta1)
                 v_upd = (g * g - v_old).mul_(1 - beta2)
                 m_new = m_upd.add_(m_old)
                 v_new = v_upd.add_(v_old)
-                _scatter_(m, idx, m_new)
-                _scatter_(v, idx, v_new)
+                rows.scatter_(m, m_new)
+                rows.scatter_(v, v_new)
                 denom = v_new.sqrt().add_(eps)
                 step = state["step"]
                 step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 update = (m_new / denom).mul_(-step_size)
-                _scatter_(view, idx, _gather(view, idx).add_(update))
+                rows.scatter_(p, rows.gather(p).add_(update))
         return loss
 
 
@@ -259,20 +299,20 @@ class LazyAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                view, idx, g = _rows(p, p.grad, group["maximize"])
+                rows, g = _rows(p, p.grad, group["maximize"])
+                idx = rows.flat
                 if len(state) == 0:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     # per row: the number of updates (catch_up=False) or the last step touched
-                    state["row_step"] = torch.zeros(view.shape[0], dtype=torch.long, device=p.device)
+                    state["row_step"] = torch.zeros(rows.n_rows, dtype=torch.long, device=p.device)
                 state["step"] += 1
                 if g.numel() == 0:
                     continue
                 t = state["step"]
-                m = state["exp_avg"].view(view.shape)
-                v = state["exp_avg_sq"].view(view.shape)
-                m_rows, v_rows = _gather(m, idx), _gather(v, idx)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m_rows, v_rows = rows.gather(m), rows.gather(v)
                 rs = _gather(state["row_step"], idx)
                 dtype = g.dtype
                 if catch_up:
@@ -289,12 +329,12 @@ class LazyAdam(torch.optim.Optimizer):
                 bc2 = 1 - torch.pow(torch.full_like(tr, beta2), tr)
                 m_rows = m_rows.mul_(beta1).add_(g, alpha=1 - beta1)
                 v_rows = v_rows.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                _scatter_(m, idx, m_rows)
-                _scatter_(v, idx, v_rows)
+                rows.scatter_(m, m_rows)
+                rows.scatter_(v, v_rows)
                 _scatter_(state["row_step"], idx, rs_new)
                 denom = (v_rows.sqrt() / bc2.sqrt()).add_(eps)
                 update = (m_rows / denom).mul_(-lr / bc1)
-                _scatter_(view, idx, _gather(view, idx).add_(update))
+                rows.scatter_(p, rows.gather(p).add_(update))
         return loss
 
 
@@ -348,23 +388,24 @@ class LazySGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                view, idx, g = _rows(p, p.grad, group["maximize"])
+                rows, g = _rows(p, p.grad, group["maximize"])
                 if g.numel() == 0:
                     continue
-                rows = _gather(view, idx)
-                d = g.add(rows, alpha=wd) if wd != 0 else g
+                idx = rows.flat
+                old = rows.gather(p)
+                d = g.add(old, alpha=wd) if wd != 0 else g
                 if mu != 0:
                     state = self.state[p]
                     if len(state) == 0:
                         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                        state["touched"] = torch.zeros(view.shape[0], dtype=torch.bool, device=p.device)
-                    buf = state["momentum_buffer"].view(view.shape)
+                        state["touched"] = torch.zeros(rows.n_rows, dtype=torch.bool, device=p.device)
+                    buf = state["momentum_buffer"]
                     seen = _gather(state["touched"], idx)[:, None]
-                    b = torch.where(seen, _gather(buf, idx).mul(mu).add_(d, alpha=1 - tau), d)
-                    _scatter_(buf, idx, b)
+                    b = torch.where(seen, rows.gather(buf).mul(mu).add_(d, alpha=1 - tau), d)
+                    rows.scatter_(buf, b)
                     _scatter_(state["touched"], idx, torch.ones_like(seen[:, 0]))
                     d = d.add(b, alpha=mu) if nesterov else b
-                _scatter_(view, idx, rows.add(d, alpha=-lr))
+                rows.scatter_(p, old.add(d, alpha=-lr))
         return loss
 
 
@@ -436,9 +477,13 @@ class ErrorFeedback:
 
     .. math:: a = g + e,\qquad c = C(a),\qquad e \leftarrow a - c,
 
-    so that ``sent + new residual == gradient + old residual`` exactly: nothing
-    is lost, only delayed. ``compressor`` maps a tensor to a :class:`Compressed`
-    (e.g. ``lambda a: topk(a, k)``). One instance per tensor.
+    so that ``sent + new residual == gradient + old residual``: nothing is
+    lost, only delayed. ``compressor`` maps a tensor to a :class:`Compressed`
+    (e.g. ``lambda a: topk(a, k)``). One instance per tensor. A message that
+    lists an index more than once means the sum of its values there (as in
+    :meth:`Compressed.to_dense`), and the residual subtracts that sum, so the
+    invariant holds for any compressor (exactly, in floating point, when the
+    indices are distinct, as for :func:`topk` and :func:`randk`).
     """
 
     def __init__(self, compressor: Callable[[torch.Tensor], Compressed]) -> None:
@@ -456,8 +501,15 @@ class ErrorFeedback:
                              f"{tuple(self.residual.shape)}; use one ErrorFeedback per tensor")
         acc = grad + self.residual
         msg = self.compressor(acc)
+        if not isinstance(msg, Compressed):
+            raise TypeError(f"the compressor must return a gradlab.sparse.Compressed (indices, "
+                            f"values, shape), got {type(msg).__name__}")
+        if msg.indices.shape != msg.values.shape or msg.indices.dim() != 1:
+            raise ValueError("the compressor's message needs 1-D indices and values of the same "
+                             f"length, got {tuple(msg.indices.shape)} and {tuple(msg.values.shape)}")
         flat = acc.reshape(-1).clone()
-        flat[msg.indices] -= msg.values
+        # accumulate=True: a repeated index subtracts the sum of its values, as to_dense() adds it
+        flat.index_put_((msg.indices,), -msg.values.to(flat.dtype), accumulate=True)
         self.residual = flat.view(grad.shape)
         return msg
 

@@ -72,6 +72,161 @@ def test_sparse_adam_multi_dim_sparse_and_untouched_rows():
     assert torch.equal(after[1], init[1]) and not torch.equal(after[0], init[0])
 
 
+def _non_contiguous_cases(dtype, steps, seed):
+    """(initial non-contiguous parameter, sparse gradients) for the layouts that have no
+    2-D row view: a transposed matrix with gradients over both dimensions (what
+    ``grad.to_sparse()`` gives), a permuted 3-D tensor with one and with two sparse dims."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for shape, perm, k in (((4, 50), (1, 0), 2), ((3, 6, 5), (1, 2, 0), 1), ((3, 6, 5), (1, 2, 0), 2)):
+        init = torch.randn(*shape, generator=g, dtype=dtype).permute(*perm)
+        grads = []
+        for _ in range(steps):
+            idx = torch.stack([torch.randint(0, n, (9,), generator=g) for n in init.shape[:k]])
+            vals = torch.randn(9, *init.shape[k:], generator=g, dtype=dtype)
+            grads.append(torch.sparse_coo_tensor(idx, vals, init.shape, check_invariants=True))
+        cases.append((init, grads))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_adam_non_contiguous_parameter_matches_torch(dtype):
+    """E.g. Parameter(x.t()) with a gradient made by to_sparse(): torch's SparseAdam
+    accepts any strides, so must the drop-in."""
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    for init, grads in _non_contiguous_cases(dtype, 12, seed=1):
+        p1, p2 = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())  # clone keeps strides
+        assert not p1.is_contiguous()
+        o1, o2 = sparse.SparseAdam([p1], lr=0.05), torch.optim.SparseAdam([p2], lr=0.05)
+        for grad in grads:
+            p1.grad, p2.grad = grad.clone(), grad.clone()
+            o1.step()
+            o2.step()
+        torch.testing.assert_close(p1.detach(), p2.detach(), rtol=tol, atol=tol)
+        assert p1.stride() == p2.stride()
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(o1.state[p1][key], o2.state[p2][key], rtol=tol, atol=tol)
+            assert o1.state[p1][key].stride() == o2.state[p2][key].stride()
+
+
+@pytest.mark.parametrize("cls, kw", [(sparse.LazyAdam, {}), (sparse.LazyAdam, {"catch_up": True}),
+                                     (sparse.LazySGD, {"momentum": 0.9, "weight_decay": 0.01})])
+@pytest.mark.parametrize("dense", [False, True])
+def test_lazy_optimizers_non_contiguous_equal_contiguous(cls, kw, dense):
+    for init, grads in _non_contiguous_cases(torch.float64, 10, seed=3):
+        if dense:
+            grads = [x.to_dense() for x in grads]
+        p_nc, p_c = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.contiguous())
+        assert not p_nc.is_contiguous() and p_c.is_contiguous()
+        o_nc, o_c = cls([p_nc], lr=0.05, **kw), cls([p_c], lr=0.05, **kw)
+        for grad in grads:
+            p_nc.grad, p_c.grad = grad.clone(), grad.clone()
+            o_nc.step()
+            o_c.step()
+        torch.testing.assert_close(p_nc.detach(), p_c.detach(), rtol=1e-13, atol=1e-13)
+        assert not torch.equal(p_nc.detach(), init)
+
+
+def _two_group_params(dtype=torch.float64):
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(30, 4, generator=g, dtype=dtype)
+    b = torch.randn(12, 3, generator=g, dtype=dtype)
+    return a, b
+
+
+def _grads_for(shapes, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        step = []
+        for rows, dim in shapes:
+            idx = torch.randint(0, rows, (5,), generator=g)
+            step.append(torch.sparse_coo_tensor(idx[None], torch.randn(5, dim, generator=g, dtype=torch.float64),
+                                                (rows, dim), check_invariants=True))
+        out.append(step)
+    return out
+
+
+def _groups(a, b):
+    return [{"params": [a]}, {"params": [b], "lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6}]
+
+
+def test_sparse_adam_param_groups_and_scheduler_match_torch():
+    a0, b0 = _two_group_params()
+    grads = _grads_for([(30, 4), (12, 3)], 40, seed=12)
+    results = []
+    for cls in (sparse.SparseAdam, torch.optim.SparseAdam):
+        a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+        opt = cls(_groups(a, b), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
+        lrs = []
+        for ga, gb in grads:
+            a.grad, b.grad = ga.clone(), gb.clone()
+            opt.step()
+            sched.step()
+            lrs.append([grp["lr"] for grp in opt.param_groups])
+        results.append((a.detach(), b.detach(), lrs))
+    (a1, b1, l1), (a2, b2, l2) = results
+    assert l1 == l2 and l1[-1][0] < 0.01  # the scheduler did act
+    torch.testing.assert_close(a1, a2, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(b1, b2, rtol=1e-13, atol=1e-13)
+
+
+def test_sparse_adam_state_dict_round_trip_and_torch_compatibility():
+    a0, b0 = _two_group_params()
+    grads = _grads_for([(30, 4), (12, 3)], 30, seed=13)
+
+    def run(cls, steps, a, b, state=None):
+        opt = cls(_groups(a, b), lr=0.01)
+        if state is not None:
+            opt.load_state_dict(state)
+        for ga, gb in steps:
+            a.grad, b.grad = ga.clone(), gb.clone()
+            opt.step()
+        return opt
+
+    # the reference: torch's SparseAdam for all 30 steps
+    ra, rb = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    run(torch.optim.SparseAdam, grads, ra, rb)
+    # ours for 15 steps; its state_dict has torch's layout ...
+    a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    ours = run(sparse.SparseAdam, grads[:15], a, b)
+    ta, tb = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    theirs = run(torch.optim.SparseAdam, grads[:15], ta, tb)
+    sd1, sd2 = ours.state_dict(), theirs.state_dict()
+    assert sd1["param_groups"] == sd2["param_groups"]
+    assert sd1["state"].keys() == sd2["state"].keys()
+    for i in sd1["state"]:
+        assert sd1["state"][i].keys() == sd2["state"][i].keys() and sd1["state"][i]["step"] == 15
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sd1["state"][i][key], sd2["state"][i][key], rtol=1e-13, atol=1e-13)
+    # ... so a fresh gradlab optimizer resumes from either and ends where torch ends
+    for sd in (sd1, sd2):
+        ca, cb = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+        resumed = run(sparse.SparseAdam, grads[15:], ca, cb, state=sd)
+        assert resumed.state[ca]["step"] == 30
+        torch.testing.assert_close(ca.detach(), ra.detach(), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(cb.detach(), rb.detach(), rtol=1e-13, atol=1e-13)
+
+
+def test_sparse_adam_add_param_group_matches_torch():
+    a0, b0 = _two_group_params()
+    grads = _grads_for([(30, 4), (12, 3)], 20, seed=14)
+    out = []
+    for cls in (sparse.SparseAdam, torch.optim.SparseAdam):
+        a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+        opt = cls([a], lr=0.02)
+        for s, (ga, gb) in enumerate(grads):
+            if s == 10:
+                opt.add_param_group({"params": [b], "betas": (0.5, 0.9)})
+            a.grad, b.grad = ga.clone(), gb.clone()
+            opt.step()
+        out.append((a.detach(), b.detach(), opt.param_groups[1]["lr"], opt.param_groups[1]["eps"]))
+    assert out[0][2:] == out[1][2:] == (0.02, 1e-8)  # defaults filled in the same way
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-13, atol=1e-13)
+
+
 def test_sparse_adam_bad_inputs():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="learning rate"):
@@ -151,6 +306,35 @@ def test_lazy_adam_catch_up_moments_equal_dense_adam():
     assert not torch.allclose(ss["exp_avg"][last], sd["exp_avg"][last])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lazy_adam_catch_up_step_equals_dense_adam_step(dtype):
+    """catch_up=True: at every step, each touched row moves exactly as dense Adam
+    (torch.optim.Adam on the dense gradient) moves it at that step, even though
+    the two parameters differ (dense Adam also moved the row between touches)."""
+    grads = _embedding_grads(15, 3, 40, 3, dtype, seed=8)
+    init = torch.randn(15, 3, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    p_lazy, p_dense = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    lazy = sparse.LazyAdam([p_lazy], lr=0.01, catch_up=True)
+    dense = torch.optim.Adam([p_dense], lr=0.01)
+    # steps are differences of parameters of size ~1: float32 resolves them to ~1e-7
+    rtol, atol = (1e-4, 1e-6) if dtype == torch.float32 else (1e-10, 1e-14)
+    drifted = False
+    for grad in grads:
+        before_l, before_d = p_lazy.detach().clone(), p_dense.detach().clone()
+        p_lazy.grad, p_dense.grad = grad.clone(), grad.to_dense()
+        lazy.step()
+        dense.step()
+        rows = grad.coalesce().indices()[0]
+        step_l, step_d = p_lazy.detach() - before_l, p_dense.detach() - before_d
+        assert step_d[rows].abs().max() > 1e-3  # the steps compared are not negligible
+        torch.testing.assert_close(step_l[rows], step_d[rows], rtol=rtol, atol=atol)
+        untouched = torch.ones(15, dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.all(step_l[untouched] == 0)
+        drifted |= bool((step_d[untouched] != 0).any())
+    assert drifted  # dense Adam does move untouched rows: the parameters differ, the steps agree
+
+
 @pytest.mark.parametrize("kw", [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True},
                                 {"momentum": 0.5, "dampening": 0.3, "weight_decay": 0.01}, {}])
 def test_lazy_sgd_equals_sgd_on_dense_gradients(kw):
@@ -210,11 +394,29 @@ def test_topk_matches_torch_topk(dtype):
 
 
 def test_randk_is_unbiased_when_scaled():
-    x = torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    """E[randk(x, k, scale=True)] = x. A scaled message is (n/k) x_j on the chosen
+    indices, so the expectation is x exactly iff each index is chosen with
+    probability k/n; the values are checked exactly, the probabilities by counting."""
+    n, k, draws = 20, 5, 20_000
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
-    mean = sum(sparse.randk(x, 5, generator=g, scale=True).to_dense() for _ in range(4000)) / 4000
-    torch.testing.assert_close(mean, x, atol=0.25, rtol=0)
-    plain = sparse.randk(x, 5, generator=g)
+    counts = torch.zeros(n, dtype=torch.float64)
+    for _ in range(draws):
+        msg = sparse.randk(x, k, generator=g, scale=True)
+        assert msg.indices.unique().numel() == k  # without replacement
+        assert torch.equal(msg.values, x[msg.indices] * (n / k))
+        counts[msg.indices] += 1
+    # each count is Binomial(draws, k/n): mean 5000, standard deviation 61; allow 4 sd
+    p = k / n
+    sd = math.sqrt(draws * p * (1 - p))
+    assert torch.all((counts - draws * p).abs() < 4 * sd), counts
+    # hence the sample mean of the messages is x up to 4 standard errors per coordinate
+    mean = counts * (n / k) * x / draws
+    se = x.abs() * math.sqrt((n / k - 1) / draws)
+    assert torch.all((mean - x).abs() <= 4 * se)
+    # unscaled messages are biased by k/n: the test above would catch a missing scale
+    assert not torch.all((counts * x / draws - x).abs() <= 4 * se)
+    plain = sparse.randk(x, k, generator=g)
     assert torch.equal(plain.values, x[plain.indices])
 
 
@@ -253,6 +455,32 @@ def test_error_feedback_with_randk_and_shape_check():
         ef(torch.zeros(3))
     with pytest.raises(TypeError, match="callable"):
         sparse.ErrorFeedback(3)
+
+
+def test_error_feedback_duplicate_indices_and_bad_messages():
+    """A message that repeats an index means the sum of its values there (to_dense adds
+    them); the residual must subtract that sum, or the invariant breaks."""
+    def halves(a):  # sends the largest entry as two halves under the same index
+        i = int(a.abs().argmax())
+        idx = torch.tensor([i, i, (i + 1) % a.numel()])
+        return sparse.Compressed(idx, torch.stack([a[i] / 2, a[i] / 2, a[idx[2]]]), a.shape)
+
+    g = torch.Generator().manual_seed(0)
+    ef = sparse.ErrorFeedback(halves)
+    total_sent, total_grad = torch.zeros(9, dtype=torch.float64), torch.zeros(9, dtype=torch.float64)
+    for _ in range(5):
+        grad = torch.randn(9, generator=g, dtype=torch.float64)
+        old = torch.zeros(9, dtype=torch.float64) if ef.residual is None else ef.residual.clone()
+        sent = ef(grad).to_dense()
+        torch.testing.assert_close(sent + ef.residual, grad + old, rtol=0, atol=1e-15)
+        total_sent += sent
+        total_grad += grad
+    torch.testing.assert_close(total_sent + ef.residual, total_grad)
+    with pytest.raises(TypeError, match="Compressed"):
+        sparse.ErrorFeedback(lambda a: a)(torch.zeros(3))
+    bad = sparse.ErrorFeedback(lambda a: sparse.Compressed(torch.tensor([0, 1]), a[:1], a.shape))
+    with pytest.raises(ValueError, match="same length"):
+        bad(torch.zeros(3))
 
 
 def test_dgc_invariant_and_clipping():
