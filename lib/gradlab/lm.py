@@ -64,7 +64,7 @@ class CharRNN(nn.Module):
 
     * ``"default"``: PyTorch's, every weight and bias uniform in
       :math:`\\pm 1/\\sqrt{H}`;
-    * ``"forget_bias"``: as default, but the LSTM's forget-gate bias set to 1
+    * ``"forget_bias"`` (LSTM only): as default, but the forget-gate bias set to 1
       (Gers et al. 2000; Jozefowicz et al. 2015), so the cell starts by keeping
       its memory. PyTorch has two bias vectors per layer (``bias_ih``,
       ``bias_hh``); their forget slices are set to 1 and 0;
@@ -79,6 +79,9 @@ class CharRNN(nn.Module):
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if init == "forget_bias" and cell != "lstm":
+            raise ValueError(f"a {cell.upper()} has no forget gate, so init='forget_bias' would change "
+                             "nothing; use it with cell='lstm', or init='orthogonal' for a GRU")
         for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
                             ("embedding_dim", embedding_dim), ("num_layers", num_layers)):
             if not (isinstance(value, int) and value >= 1):
