@@ -14,7 +14,8 @@ The singular value decomposition of an ``m x n`` matrix is
   (Miyato et al. 2018);
 * :func:`randomized_svd`: a truncated SVD from a random sketch with
   oversampling and power (subspace) iterations (Halko, Martinsson & Tropp
-  2011), and :func:`halko_bound`, the paper's high-probability error bound;
+  2011), and :func:`halko_bound`, the paper's high-probability error bound
+  (:func:`halko_probability`, the probability with which it holds);
 * :func:`spectral_norm`: a drop-in for
   ``torch.nn.utils.parametrizations.spectral_norm`` built on
   :func:`power_iteration`;
@@ -42,6 +43,7 @@ __all__ = [
     "power_iteration",
     "randomized_svd",
     "halko_bound",
+    "halko_probability",
     "spectral_norm",
     "SpectralNorm",
     "jacobian",
@@ -100,6 +102,10 @@ def power_iteration(A: torch.Tensor, v: torch.Tensor | None = None, *, num_iters
               v \leftarrow \frac{A^\top u}{\|A^\top u\|}, \qquad
               \hat\sigma = u^\top A v = \|A^\top u\| \le \sigma_{\max}(A).
 
+    The estimate is read off as :math:`\|A^\top u\|` (the norm taken for the
+    normalisation anyway; equal to :math:`u^\top A v` for the new ``v``), so
+    an iteration costs two matrix-vector products, not three.
+
     The estimate approaches :math:`\sigma_1` from below; the angle between
     ``v`` and :math:`v_1` shrinks like :math:`(\sigma_2/\sigma_1)^{2t}` after
     ``t`` iterations. Pass the returned ``v`` back in as a warm start: when
@@ -139,10 +145,10 @@ def power_iteration(A: torch.Tensor, v: torch.Tensor | None = None, *, num_iters
     with torch.no_grad():
         for _ in range(num_iters):
             u = F.normalize((A @ v.unsqueeze(-1)).squeeze(-1), dim=-1, eps=eps)
-            v = F.normalize((AH @ u.unsqueeze(-1)).squeeze(-1), dim=-1, eps=eps)
-        sigma = (u.conj() * (A @ v.unsqueeze(-1)).squeeze(-1)).sum(-1)
-    if sigma.is_complex():
-        sigma = sigma.real
+            w = (AH @ u.unsqueeze(-1)).squeeze(-1)
+            # sigma = ||A^T u|| = u^T A v for v = A^T u / ||A^T u||: no third product
+            sigma = torch.linalg.vector_norm(w, dim=-1)
+            v = w / sigma.clamp_min(eps).unsqueeze(-1)  # = F.normalize(w, eps=eps)
     return sigma, u, v
 
 
@@ -203,27 +209,46 @@ def halko_bound(singular_values: torch.Tensor, rank: int, oversample: int, power
     of :func:`randomized_svd`, given the full singular values of ``A``.
 
     The range finder's error satisfies, with probability at least
-    :math:`1 - 6p^{-p}` (their simplified tail bound, Section 1.5, for
-    ``q = 0``; ``q`` power iterations take the ``(2q+1)``-th root, Section 4.5
-    and Corollary 10.10),
+    :math:`1 - 6p^{-p}` (:func:`halko_probability`; their simplified tail
+    bound, Section 1.5, for ``q = 0``; ``q`` power iterations take the
+    ``(2q+1)``-th root, Section 4.5 and Corollary 10.10),
 
     .. math:: \|A - QQ^\top A\|_2 \le
               \big[1 + 11\sqrt{k+p}\,\sqrt{\min(m,n)}\big]^{1/(2q+1)}\,\sigma_{k+1}.
 
+    The paper's tail bounds (Section 10.3) assume ``p >= 4``; below that the
+    probability :math:`1 - 6p^{-p}` is negative (``p = 2``) or only 0.78
+    (``p = 3``), so this function refuses ``oversample < 4``. At ``p = 4`` it
+    is 0.977, at ``p = 5`` 0.998.
+
     Truncating to rank ``k`` (``truncated=True``) adds at most
     :math:`\sigma_{k+1}`: :math:`\|A - Q[B]_k\| \le \|A - QQ^\top A\| + \sigma_{k+1}(Q^\top A)`
     and :math:`\sigma_{k+1}(Q^\top A) \le \sigma_{k+1}(A)`. The optimum over all
-    rank-``k`` matrices (Eckart-Young) is :math:`\sigma_{k+1}`.
+    rank-``k`` matrices (Eckart-Young-Mirsky) is :math:`\sigma_{k+1}`.
     """
     S = torch.as_tensor(singular_values).detach().to(torch.float64).flatten().cpu()
     _check_int("rank", rank, 1)
-    _check_int("oversample", oversample, 2)
+    _check_int("oversample", oversample, 0)
+    if oversample < 4:
+        raise ValueError(f"oversample must be >= 4 for the Halko et al. tail bound, got {oversample}: it holds "
+                         f"with probability 1 - 6 p^-p = {halko_probability(oversample):.3g}, which is no "
+                         "guarantee (the paper assumes p >= 4); report the measured error instead")
     _check_int("power_iters", power_iters, 0)
     if rank >= S.numel():
         raise ValueError(f"rank must be < the number of singular values ({S.numel()}), got {rank}")
     s_next = float(S[rank])
     factor = (1.0 + 11.0 * math.sqrt(rank + oversample) * math.sqrt(S.numel())) ** (1.0 / (2 * power_iters + 1))
     return (factor + (1.0 if truncated else 0.0)) * s_next
+
+
+def halko_probability(oversample: int) -> float:
+    r"""The probability :math:`1 - 6p^{-p}` with which :func:`halko_bound` holds
+    for oversampling ``p``. It is negative for ``p = 1, 2`` (no guarantee) and
+    0.78 for ``p = 3``; ``p = 0`` gives ``-inf``."""
+    _check_int("oversample", oversample, 0)
+    if oversample == 0:
+        return -math.inf
+    return 1.0 - 6.0 * float(oversample) ** (-oversample)
 
 
 # --------------------------------------------------------------------------- spectral normalisation
@@ -426,20 +451,39 @@ def energy_fraction(A_or_S: torch.Tensor, k: int | None = None) -> torch.Tensor:
     return curve[..., k - 1]
 
 
+def _orth(A: torch.Tensor, name: str) -> torch.Tensor:
+    """An orthonormal basis of the column space of ``A``, by SVD with the rank
+    tolerance of ``scipy.linalg.orth``: singular values above
+    ``max(s) * eps * max(m, n)`` count (``eps`` of ``A``'s dtype)."""
+    U, S, _ = torch.linalg.svd(A, full_matrices=False)
+    eps = torch.finfo(S.dtype).eps
+    tol = S.max() * eps * max(A.shape)
+    rank = int((S > tol).sum())
+    if rank == 0:
+        raise ValueError(f"{name} is zero (rank 0): its column space is {{0}}, which makes no angle with "
+                         "another subspace; pass a matrix with at least one nonzero column")
+    return U[:, :rank]
+
+
 def subspace_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     r"""Principal angles (radians, descending, like ``scipy.linalg.subspace_angles``)
     between the column spaces of ``A`` ``[m, k]`` and ``B`` ``[m, l]``.
 
-    The cosines are the singular values of :math:`Q_A^\top Q_B`; small angles
-    are computed from the sines, :math:`\sigma(Q_B - Q_A Q_A^\top Q_B)`, which
-    stay accurate where the arccos of a cosine near 1 does not (Knyazev &
-    Argentati 2002, as scipy does).
+    Each column space gets an orthonormal basis from the SVD, keeping only the
+    singular values above a rank tolerance (as ``scipy.linalg.orth`` does), so
+    a rank-deficient input counts by its rank, not by its number of columns:
+    there are ``min(rank A, rank B)`` angles. The cosines are the singular
+    values of :math:`Q_A^\top Q_B`; small angles are computed from the sines,
+    :math:`\sigma(Q_B - Q_A Q_A^\top Q_B)`, which stay accurate where the
+    arccos of a cosine near 1 does not (Knyazev & Argentati 2002, as scipy does).
     """
     A, B = _check_matrix(A), _check_matrix(B, "B")
+    if A.dim() != 2 or B.dim() != 2:
+        raise ValueError(f"A and B must be matrices [m, k] and [m, l] (no batches), got shapes "
+                         f"{tuple(A.shape)} and {tuple(B.shape)}; loop over a batch")
     if A.shape[-2] != B.shape[-2]:
         raise ValueError(f"A and B must have the same number of rows, got {A.shape[-2]} and {B.shape[-2]}")
-    QA = torch.linalg.qr(A).Q
-    QB = torch.linalg.qr(B).Q
+    QA, QB = _orth(A, "A"), _orth(B, "B")
     if QA.shape[-1] < QB.shape[-1]:
         QA, QB = QB, QA
     cos = torch.linalg.svdvals(QA.mH @ QB).clamp(max=1.0)
@@ -489,6 +533,17 @@ class SubspaceClassifier:
         """``[N, C]``: the norm of ``x`` minus its projection on each class subspace."""
         if self.bases_ is None:
             raise RuntimeError("call fit(x, y) before predict or residuals")
+        d = self.bases_.shape[1]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape [N, {d}], got {type(x).__name__}; "
+                            "convert with torch.as_tensor(x)")
+        if x.dim() != 2 or x.shape[1] != d:
+            raise ValueError(f"x must have shape [N, {d}] (one row per sample, {d} features as in fit), "
+                             f"got {tuple(x.shape)}; for one sample use x.reshape(1, -1)")
+        if x.dtype != self.bases_.dtype or x.device != self.bases_.device:
+            raise TypeError(f"x is {x.dtype} on {x.device} but the classifier was fitted on "
+                            f"{self.bases_.dtype} on {self.bases_.device}; convert with "
+                            f"x.to(dtype={self.bases_.dtype}, device='{self.bases_.device}')")
         coeff = torch.einsum("nd,cdr->ncr", x, self.bases_)
         proj_sq = (coeff ** 2).sum(-1)
         return ((x ** 2).sum(-1, keepdim=True) - proj_sq).clamp(min=0).sqrt()

@@ -64,6 +64,33 @@ def test_power_iteration_warm_start_and_lower_bound():
     assert exact - est_warm.item() < exact - est_cold.item()
 
 
+class _CountProducts(torch.overrides.TorchFunctionMode):
+    """Counts matrix products (``@``, ``torch.matmul``, ``mv``, ``mm``) while active."""
+
+    NAMES = {"__matmul__", "__rmatmul__", "matmul", "mv", "mm", "bmm"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("num_iters", [1, 3])
+def test_power_iteration_costs_two_products_per_iteration(num_iters):
+    """sigma is ||A^T u|| from the products already made, not a third product u^T A v."""
+    A = randn(30, 20, seed=2)
+    v0 = randn(20, seed=3)
+    with _CountProducts() as counter:
+        sigma, u, v = sp.power_iteration(A, v0, num_iters=num_iters)
+    assert counter.count == 2 * num_iters
+    # and the cheap estimate is the Rayleigh-type quotient u^T A v of the returned pair
+    assert math.isclose(sigma.item(), (u @ A @ v).item(), rel_tol=1e-12)
+
+
 def test_power_iteration_matches_torch_spectral_norm_step():
     """One iteration from the same u, v as torch's _SpectralNorm gives the same vectors."""
     torch.manual_seed(0)
@@ -133,22 +160,29 @@ def test_randomized_svd_exact_on_low_rank(dtype, shape):
     torch.testing.assert_close(U.mT @ U, torch.eye(6, dtype=dtype), **TOL[dtype])
 
 
-@pytest.mark.parametrize("power_iters", [0, 1, 3])
-def test_randomized_svd_within_halko_bound_over_seeds(power_iters):
+def test_randomized_svd_against_eckart_young_and_halko_over_seeds():
+    """Slowly decaying spectrum (sigma_i = 1/i), rank 10, p = 5, eight seeds per q.
+    No seed beats the Eckart-Young-Mirsky optimum sigma_11, none exceeds the
+    Halko bound; q = 0 is clearly suboptimal here, and each power iteration
+    brings the worst seed closer to the optimum."""
     m, n, k, p = 120, 90, 10, 5
-    s = 1.0 / torch.arange(1, n + 1, dtype=torch.float64)  # slow decay: a hard case
+    s = 1.0 / torch.arange(1, n + 1, dtype=torch.float64)
     A = with_spectrum(m, n, s, seed=5)
-    optimum = s[k].item()  # Eckart-Young: the best rank-k spectral error is sigma_{k+1}
-    bound = sp.halko_bound(s, k, p, power_iters)
-    errors = []
-    for seed in range(8):
-        U, S, Vh = sp.randomized_svd(A, k, oversample=p, power_iters=power_iters,
-                                     generator=torch.Generator().manual_seed(seed))
-        errors.append(torch.linalg.matrix_norm(A - U @ torch.diag(S) @ Vh, 2).item())
-    assert min(errors) >= optimum * (1 - 1e-9)  # nobody beats Eckart-Young
-    assert max(errors) <= bound
-    if power_iters == 3:
-        assert max(errors) <= 1.1 * optimum
+    optimum = s[k].item()  # the best rank-k spectral error is sigma_{k+1}
+    ratios = {}
+    for q in (0, 1, 2, 3):
+        errors = []
+        for seed in range(8):
+            U, S, Vh = sp.randomized_svd(A, k, oversample=p, power_iters=q,
+                                         generator=torch.Generator().manual_seed(seed))
+            errors.append(torch.linalg.matrix_norm(A - U @ torch.diag(S) @ Vh, 2).item())
+        assert min(errors) >= optimum * (1 - 1e-9)  # nobody beats Eckart-Young-Mirsky
+        assert max(errors) <= sp.halko_bound(s, k, p, q)
+        ratios[q] = np.array(errors) / optimum
+    assert ratios[0].min() > 1.2  # without power iterations this spectrum is hard
+    assert ratios[1].max() < 1.3 and ratios[2].max() < 1.05 and ratios[3].max() < 1.01
+    means = [ratios[q].mean() for q in range(4)]
+    assert all(a > b for a, b in zip(means, means[1:]))
 
 
 def test_power_iterations_help_and_match_svd_lowrank():
@@ -204,16 +238,42 @@ def test_randomized_svd_bad_inputs():
         sp.randomized_svd(torch.ones(4, 4, dtype=torch.float16), 1)
 
 
-def test_halko_bound_formula_and_inputs():
-    s = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.25])
-    k, p, q = 2, 3, 1
-    expected = ((1 + 11 * np.sqrt(k + p) * np.sqrt(5)) ** (1 / 3) + 1) * 1.0
-    assert math.isclose(sp.halko_bound(s, k, p, q), expected, rel_tol=1e-12)
-    assert sp.halko_bound(s, k, p, 5, truncated=False) < sp.halko_bound(s, k, p, 0, truncated=False)
-    with pytest.raises(ValueError, match="oversample must be >= 2"):
-        sp.halko_bound(s, 2, 1)
+def test_halko_bound_properties():
+    """Properties of the bound, not its formula re-typed: it never undercuts the
+    optimum sigma_{k+1}, shrinks with power iterations towards the optimum
+    (untruncated) or twice it (truncated), grows with k + p and the matrix
+    size, scales with A, and depends on the spectrum only through sigma_{k+1}."""
+    s = 1.0 / torch.arange(1, 51, dtype=torch.float64)
+    k, opt = 5, s[5].item()
+    untrunc = [sp.halko_bound(s, k, 6, q, truncated=False) for q in range(6)]
+    trunc = [sp.halko_bound(s, k, 6, q) for q in range(6)]
+    assert all(a > b for a, b in zip(untrunc, untrunc[1:])) and all(b >= opt for b in untrunc)
+    assert all(math.isclose(t - u, opt, rel_tol=1e-12) for t, u in zip(trunc, untrunc))
+    assert sp.halko_bound(s, k, 6, 200, truncated=False) < 1.03 * opt
+    assert sp.halko_bound(s, k, 6, 200) < 2.03 * opt
+    assert sp.halko_bound(s, k, 4) < sp.halko_bound(s, k, 8)  # more columns, larger factor
+    rescale = s[k].item() / s[k + 4].item()  # same p, larger k: compare the factors
+    assert sp.halko_bound(s, k, 8) < sp.halko_bound(s, k + 4, 8) * rescale
+    assert sp.halko_bound(s[:20], k, 6) / s[k].item() < sp.halko_bound(s, k, 6) / s[k].item()
+    assert math.isclose(sp.halko_bound(3.0 * s, k, 6, 1), 3.0 * sp.halko_bound(s, k, 6, 1), rel_tol=1e-12)
+    s2 = s.clone()
+    s2[:k] *= 10.0  # the top k values do not enter
+    assert sp.halko_bound(s2, k, 6, 1) == sp.halko_bound(s, k, 6, 1)
+
+
+def test_halko_probability_and_small_oversampling():
+    probs = [sp.halko_probability(p) for p in range(0, 12)]
+    assert probs[0] == -math.inf and probs[1] < 0 and probs[2] < 0  # no guarantee at all
+    assert 0.7 < probs[3] < 0.8 and probs[4] > 0.97 and probs[5] > 0.998
+    assert all(a < b < 1 for a, b in zip(probs[1:], probs[2:]))
+    s = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.25, 0.125])
+    for p in (0, 2, 3):
+        with pytest.raises(ValueError, match="oversample must be >= 4 .* probability"):
+            sp.halko_bound(s, 1, p)
+    with pytest.raises(ValueError, match="oversample must be >= 0"):
+        sp.halko_probability(-1)
     with pytest.raises(ValueError, match="rank must be < the number of singular values"):
-        sp.halko_bound(s, 5, 4)
+        sp.halko_bound(s, 6, 4)
 
 
 # --------------------------------------------------------------------------- spectral normalisation
@@ -376,6 +436,35 @@ def test_subspace_angles_against_scipy(k, l):
         sp.subspace_angles(A, randn(29, 2))
 
 
+def _rank_deficient(m, cols, rank, seed):
+    return randn(m, rank, seed=seed) @ randn(rank, cols, seed=seed + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", [((1, 3), (2, 2)), ((2, 4), (3, 3)), ((1, 3), (1, 2)), ((4, 4), (2, 5))])
+def test_subspace_angles_rank_deficient_against_scipy(dtype, shapes):
+    """A column space counts by its rank, not its number of columns (scipy uses orth)."""
+    (ra, ca), (rb, cb) = shapes
+    A = _rank_deficient(20, ca, ra, seed=20).to(dtype)
+    B = _rank_deficient(20, cb, rb, seed=30).to(dtype)
+    ref = scipy.linalg.subspace_angles(A.numpy(), B.numpy())
+    ours = sp.subspace_angles(A, B)
+    assert ours.shape == (min(ra, rb),) == ref.shape
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.numpy(), ref, **tol)
+
+
+def test_subspace_angles_repeated_column_and_bad_inputs():
+    A = randn(15, 2, seed=40)
+    dup = torch.cat([A, A[:, :1], 2 * A[:, 1:]], 1)  # 4 columns, the same plane
+    assert sp.subspace_angles(dup, A).shape == (2,)
+    assert sp.subspace_angles(dup, A).max() < 1e-7
+    with pytest.raises(ValueError, match="rank 0"):
+        sp.subspace_angles(torch.zeros(15, 2, dtype=torch.float64), A)
+    with pytest.raises(ValueError, match="no batches"):
+        sp.subspace_angles(randn(2, 15, 2), A)
+
+
 # --------------------------------------------------------------------------- subspace classifier
 
 def _numpy_subspace_predict(x_tr, y_tr, x_te, rank):
@@ -408,6 +497,15 @@ def test_subspace_classifier_bad_inputs():
         sp.SubspaceClassifier(1).predict(torch.ones(2, 3))
     with pytest.raises(ValueError, match="lower the rank"):
         sp.SubspaceClassifier(5).fit(torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 1]))
+    clf = sp.SubspaceClassifier(1).fit(randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"shape \[N, 3\].*reshape\(1, -1\)"):
+        clf.predict(randn(4, 5))
+    with pytest.raises(ValueError, match=r"shape \[N, 3\]"):
+        clf.residuals(randn(3))
+    with pytest.raises(TypeError, match=r"float32 .* fitted on torch.float64.*x.to\(dtype=torch.float64"):
+        clf.predict(randn(4, 3, dtype=torch.float32))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        clf.residuals(np.ones((4, 3)))
 
 
 # --------------------------------------------------------------------------- CUDA
