@@ -17,8 +17,10 @@
 
 Sparse gradients must have the sparse COO layout (what
 ``nn.Embedding(sparse=True)`` produces); the lazy optimizers also accept dense
-gradients, which they treat as touching every row. All code is device-agnostic
-torch: it runs on CPU and CUDA tensors, in float32 and float64.
+gradients, which they treat as touching every row. Parameters may have any
+strides (a transposed weight, ``Parameter(x.t())``); only the touched rows are
+read and written either way. All code is device-agnostic torch: it runs on CPU
+and CUDA tensors, in float32 and float64.
 """
 
 from __future__ import annotations
