@@ -6,7 +6,9 @@ Runs real ``torch.distributed`` processes (gloo on CPU, NCCL on GPUs) under
 * ``allreduce``: torch's own ``default_hooks.allreduce_hook`` (what DDP does);
 * ``torch``: torch's ``powerSGD_hook`` (``PowerSGDState``);
 * ``gradlab``: ``gradlab.compress.powerSGD_hook``, optionally with ``clip``
-  (the local gradient is clipped before it is compressed).
+  (the local gradient is clipped before it is compressed); with a ``start``
+  beyond ``--steps`` it never compresses, which gives all-reduce with the local
+  gradient clipped.
 
 One launch trains several configurations one after the other (same seed, same
 batches), so the processes start once. On one machine::
@@ -15,10 +17,11 @@ batches), so the processes start once. On one machine::
         --config name=plain,hook=allreduce \
         --config name=powersgd4,hook=gradlab,rank=4,start=2,min_rate=0 --out runs.json
 
-On several machines, run on every node (same command, its own --node_rank)::
+On several machines, run the same command on every node; the c10d rendezvous
+assigns the node ranks (``--node_rank`` is only for the static rendezvous)::
 
-    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 \
-        --rdzv_backend c10d --rdzv_endpoint HOST:29400 ddp_train.py ...
+    torchrun --nnodes 2 --nproc_per_node 8 \
+        --rdzv_backend c10d --rdzv_endpoint HOST:29400 --rdzv_id JOB ddp_train.py ...
 
 Bytes are counted by wrapping ``torch.distributed.all_reduce``, through which
 every hook here communicates: the payload each worker hands to all-reduce.
@@ -145,6 +148,7 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
     return {"config": cfg, "losses": losses, "bytes_per_step": bytes_per_step,
             "step_time_median_s": statistics.median(step_times), "wall_s": sum(step_times),
             "error_norms": error_norms, "grad_norms": grad_norms, "test_accuracy": acc,
+            "skipped_steps": getattr(state, "skipped_steps", 0),
             "diverged": len(losses) < args.steps,
             "params": n_params, "dense_bytes_per_step": 4 * n_params,
             "shapes": [list(p.shape) for p in model.parameters()]}

@@ -19,7 +19,7 @@ import torch
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
            "check_error_feedback", "check_top_singular", "check_soft_threshold",
-           "check_adam_step", "check_warmup", "check_spike_guard"]
+           "check_adam_step", "check_warmup", "check_spike_guard", "check_payload_bytes"]
 
 
 @dataclass(frozen=True)
@@ -542,3 +542,49 @@ def check_spike_guard(fn: Callable) -> CheckResult:
                     history.append(v)
     return CheckResult(True, "your guard skips exactly the steps gradlab.monitor.detect_spikes flags, "
                              f"in {len(cases)} traces and at two factors.")
+
+
+def check_payload_bytes(fn: Callable) -> CheckResult:
+    """Check ``fn(n, m, scheme, rank, ratio) -> int``: the bytes one worker hands to
+    the collective per step for one ``n x m`` float32 gradient, with ``scheme``
+    ``"allreduce"`` (every entry), ``"topk"`` (``ceil(ratio * n * m)`` entries, a
+    4-byte value and a 4-byte index each) or ``"powersgd"`` (``(n + m) r`` numbers
+    when torch's rule ``(n + m) r * 2 < n m`` says the matrix is worth
+    compressing, with ``r = min(n, m, rank)``; else every entry). The reference
+    is :func:`gradlab.compress.payload_bytes` with ``min_compression_rate=2``."""
+    from gradlab.compress import payload_bytes
+
+    cases = [(4096, 16384, "allreduce", 4, 0.01), (4096, 16384, "powersgd", 4, 0.01),
+             (4096, 16384, "topk", 4, 0.01), (256, 64, "powersgd", 4, 0.01),
+             (7, 13, "topk", 1, 0.1), (10, 256, "powersgd", 8, 0.01), (3, 3, "powersgd", 4, 0.01)]
+    for n, m, scheme, rank, ratio in cases:
+        expected = payload_bytes([(n, m)], scheme, rank=rank, ratio=ratio, min_compression_rate=2)
+        label = f"a {n} x {m} matrix, scheme {scheme!r}" + (
+            f", rank {rank}" if scheme == "powersgd" else f", ratio {ratio}" if scheme == "topk" else "")
+        got, err = _call(fn, n, m, scheme, rank, ratio, where=f"on the case {label}", convert=_as_float)
+        if err is not None:
+            return err
+        if got == expected:
+            continue
+        r = min(n, m, rank)
+        if got * 4 == expected:
+            hint = "count bytes, not numbers: 4 bytes per float32 value."
+        elif scheme == "topk" and got * 2 == expected:
+            hint = "each kept entry sends its value and its index: 4 + 4 bytes."
+        elif scheme == "topk" and got == math.floor(ratio * n * m) * 8:
+            hint = "keep ceil(ratio * n * m) entries (at least one), not the rounded-down number."
+        elif scheme == "powersgd" and got == (n + m) * r * 4:
+            hint = (f"(n + m) r * 2 = {(n + m) * r * 2} is not below n m = {n * m}: compressing would save "
+                    "less than half, so torch's hook (min_compression_rate=2) sends this matrix dense.")
+        elif scheme == "powersgd" and got == (n + m) * rank * 4:
+            hint = "the rank cannot exceed min(n, m); use r = min(n, m, rank)."
+        elif scheme == "powersgd" and got == n * m * r * 4:
+            hint = "P is n x r and Q is m x r: (n + m) r numbers, not n m r."
+        else:
+            hint = {"allreduce": "every entry of the matrix, 4 bytes each.",
+                    "topk": "ceil(ratio * n * m) entries, value and index, 8 bytes each.",
+                    "powersgd": "(n + m) r numbers of 4 bytes if (n + m) r * 2 < n m, else n m numbers."}.get(
+                scheme, "scheme is one of 'allreduce', 'topk', 'powersgd'.")
+        return CheckResult(False, f"on the case {label} you return {got:,.0f} bytes, expected {expected:,d}: {hint}")
+    return CheckResult(True, f"your byte counts match gradlab.compress.payload_bytes on {len(cases)} cases, "
+                             "including matrices too small to be worth compressing.")

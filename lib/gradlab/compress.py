@@ -5,7 +5,8 @@
   the projection of ``M`` on a rank-``r`` subspace. Not an SVD: one matrix
   product each way per training step, warm-started from the previous ``Q``.
 * :class:`PowerSGD`: the standalone compressor (rank, warm start, error
-  feedback) of Vogels, Karimireddy & Jaggi (2019), keyed by tensor name.
+  feedback) of Vogels, Karimireddy & Jaggi (2019), keyed by tensor name; a
+  non-finite gradient is passed through uncompressed and kept out of its state.
 * :class:`PowerSGDState` and :func:`powerSGD_hook`: the same compressor as a
   ``DistributedDataParallel`` communication hook, with the argument names and
   defaults of ``torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook``, plus
@@ -51,6 +52,16 @@ def _check_rank(rank: int) -> int:
     return rank
 
 
+def _check_world_size(world_size: int, allreduce) -> int:
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1 (the number of workers), got {world_size!r}")
+    if allreduce is None and world_size != 1:
+        raise ValueError(f"world_size={world_size} without allreduce: the result would be divided by "
+                         f"{world_size} with nothing summed. Pass the all-reduce that sums over the "
+                         "workers, or world_size=1 for one worker")
+    return world_size
+
+
 def _as_matrix(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -74,6 +85,14 @@ def _orthonormalize(P: torch.Tensor) -> torch.Tensor:
     return Q * signs
 
 
+def _check_rate(min_compression_rate: float) -> float:
+    if isinstance(min_compression_rate, bool) or not isinstance(min_compression_rate, (int, float)) \
+            or not min_compression_rate >= 0:
+        raise ValueError(f"min_compression_rate must be a number >= 0 (0 compresses every matrix, torch's "
+                         f"default 2 only those that shrink by more than 2x), got {min_compression_rate!r}")
+    return float(min_compression_rate)
+
+
 def _split_like(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out, offset = [], 0
     for t in like:
@@ -87,13 +106,14 @@ def power_iteration(M: torch.Tensor, Q: torch.Tensor, allreduce: AllReduce | Non
     r"""One warm-started subspace iteration: returns ``(P, Q_new)`` with
 
     .. math:: P = \operatorname{orth}\big(\textstyle\sum_w M_w Q\big), \qquad
-              Q_{\text{new}} = \tfrac{1}{W}\textstyle\sum_w M_w^\top P,
+              Q_{\text{new}} = \tfrac{1}{N}\textstyle\sum_w M_w^\top P,
 
     so that ``P @ Q_new.T`` is the projection of the average ``M`` onto the
     span of ``P`` (Vogels et al. 2019, Algorithm 1). ``M`` is ``n x m``, ``Q`` is
-    ``m x r``. ``allreduce`` sums a tensor in place across workers (``None``:
-    one worker); ``world_size`` divides the summed ``Q``.
+    ``m x r``. ``allreduce`` sums a tensor in place across the ``N`` workers
+    (``None``: one worker); ``world_size`` (``N``) divides the summed ``Q``.
     """
+    world_size = _check_world_size(world_size, allreduce)
     M = _as_matrix(M, "M")
     if Q.dim() != 2 or Q.shape[0] != M.shape[1]:
         raise ValueError(f"Q must have shape ({M.shape[1]}, r) for M of shape {tuple(M.shape)}, "
@@ -125,6 +145,8 @@ def should_compress(shape: Sequence[int], rank: int, min_compression_rate: float
     """Whether a tensor of ``shape`` is worth compressing at ``rank``: torch's rule
     ``(n + m) * r * min_compression_rate < n * m`` for the ``n x m`` view
     (``n = shape[0]``); vectors never are."""
+    rank = _check_rank(rank)
+    _check_rate(min_compression_rate)
     if len(shape) < 2:
         return False
     n = int(shape[0])
@@ -152,13 +174,29 @@ class PowerSGD:
     error_feedback: keep and re-add the compression error.
     seed: seeds the random initial ``Q`` (identical on all workers, which
         PowerSGD needs).
+    nonfinite: what to do when a gradient (plus its error) holds an ``inf`` or
+        ``NaN`` on any worker. ``"skip"`` (default): return the gradients
+        uncompressed (all-reduced and averaged when ``allreduce`` is given) and
+        leave the errors and ``Q`` untouched, so that the caller (``GradScaler``,
+        a clipping or spike guard) sees the non-finite values and skips the step,
+        and the compressor's state is not poisoned for the steps after.
+        ``"raise"``: raise a ``FloatingPointError``. Without this guard one
+        ``inf`` enters the error buffer and every later output is ``NaN``.
+        The decision is taken on the all-reduced ``P``, which is the same on
+        every worker, so all workers take the same branch (and issue the same
+        collectives). ``skipped`` counts the calls passed through.
     """
 
     def __init__(self, rank: int = 1, *, warm_start: bool = True, error_feedback: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, nonfinite: str = "skip") -> None:
+        if nonfinite not in ("skip", "raise"):
+            raise ValueError(f"nonfinite must be 'skip' (pass non-finite gradients through uncompressed) "
+                             f"or 'raise', got {nonfinite!r}")
         self.rank = _check_rank(rank)
         self.warm_start = bool(warm_start)
         self.error_feedback = bool(error_feedback)
+        self.nonfinite = nonfinite
+        self.skipped = 0
         self._gen = torch.Generator().manual_seed(int(seed))
         self.errors: dict[object, torch.Tensor] = {}
         self.qs: dict[object, torch.Tensor] = {}
@@ -179,6 +217,7 @@ class PowerSGD:
         """:meth:`compress` for several tensors at once, with two all-reduces in
         all (one for every ``P`` concatenated, one for every ``Q``), as torch's
         hook does. Tensors must share a dtype and device."""
+        world_size = _check_world_size(world_size, allreduce)
         if len(keys) != len(grads):
             raise ValueError(f"got {len(keys)} keys for {len(grads)} tensors")
         if not grads:
@@ -204,6 +243,10 @@ class PowerSGD:
         Ps = [M @ q for M, q in zip(Ms, qs)]
         if allreduce is not None:
             Ps = _split_like(allreduce(torch.cat([P.reshape(-1) for P in Ps])), Ps)
+        # An inf or NaN in any worker's M makes the summed P non-finite on every worker
+        # (inf * q is inf or NaN, and sums keep it): one test, the same answer everywhere.
+        if not all(bool(torch.isfinite(P).all()) for P in Ps):
+            return self._pass_through(keys, grads, allreduce, world_size)
         Ps = [_orthonormalize(P) for P in Ps]
         Qs = [M.T @ P for M, P in zip(Ms, Ps)]
         if allreduce is not None:
@@ -218,6 +261,18 @@ class PowerSGD:
                 self.qs[key] = Q.detach()
             out.append(approx.reshape(grad.shape))
         return out
+
+    def _pass_through(self, keys, grads, allreduce, world_size) -> list[torch.Tensor]:
+        if self.nonfinite == "raise":
+            raise FloatingPointError(
+                f"a gradient among {list(keys)!r} (plus its error buffer) is not finite on some worker; the "
+                "compressor's state was left unchanged. Skip this step (GradScaler does under AMP) or build "
+                "PowerSGD(..., nonfinite='skip') to pass such gradients through uncompressed")
+        self.skipped += 1
+        flat = torch.cat([g.detach().reshape(-1) for g in grads])
+        if allreduce is not None:
+            flat = allreduce(flat) / world_size
+        return [t.clone() for t in _split_like(flat, grads)]
 
     def error_norm(self) -> float:
         """``sqrt(sum_key ||e_key||^2)``: watch it; steady growth means the
@@ -237,8 +292,8 @@ class PowerSGD:
 @dataclass
 class CommStats:
     """Bytes this worker passed to all-reduce (its payload per collective, summed)
-    and the number of steps seen. The wire traffic of a ring all-reduce is about
-    ``2 (W-1)/W`` times the payload per worker."""
+    and the number of steps seen. The wire traffic of a ring all-reduce over
+    ``N`` workers is about ``2 (N-1)/N`` times the payload per worker."""
 
     bytes_sent: int = 0
     steps: int = 0
@@ -286,22 +341,27 @@ class PowerSGDState(CommStats):
     Extra: ``max_norm`` clips this worker's gradient in each bucket *before*
     the error is added and the result compressed (clip, then compress); with
     one bucket this is the local global norm. ``bytes_sent``, ``grad_norm``
-    (this worker's gradient norm at the last step, after clipping) and
+    (this worker's gradient norm at the last step, measured after clipping) and
     :meth:`error_norm` are for monitoring; ``error_norm() / grad_norm`` says how
     many steps' worth of gradient the error buffer holds back.
+
+    ``nonfinite`` (``"skip"`` or ``"raise"``, see :class:`PowerSGD`): a bucket
+    with an ``inf`` or ``NaN`` on any worker is all-reduced uncompressed (so
+    ``GradScaler`` or a norm check after ``backward()`` sees it and skips the
+    step), the error buffers and ``Q`` stay as they were, and clipping leaves a
+    non-finite bucket alone (scaling by ``max_norm / inf = 0`` would turn
+    ``inf`` into ``NaN`` and hide it). ``skipped_steps`` counts such steps.
     """
 
     def __init__(self, process_group=None, matrix_approximation_rank: int = 1,
                  start_powerSGD_iter: int = 1_000, min_compression_rate: float = 2,
                  use_error_feedback: bool = True, warm_start: bool = True, random_seed: int = 0,
-                 max_norm: float | None = None) -> None:
+                 max_norm: float | None = None, nonfinite: str = "skip") -> None:
         super().__init__(process_group=process_group)
         if isinstance(start_powerSGD_iter, bool) or not isinstance(start_powerSGD_iter, int) \
                 or start_powerSGD_iter < 0:
             raise ValueError(f"start_powerSGD_iter must be an int >= 0, got {start_powerSGD_iter!r}")
-        if not min_compression_rate >= 0:
-            raise ValueError(f"min_compression_rate must be >= 0 (0 compresses every matrix), got "
-                             f"{min_compression_rate}")
+        _check_rate(min_compression_rate)
         if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm}")
         self.matrix_approximation_rank = _check_rank(matrix_approximation_rank)
@@ -309,9 +369,11 @@ class PowerSGDState(CommStats):
         self.min_compression_rate = float(min_compression_rate)
         self.max_norm = max_norm
         self.compressor = PowerSGD(matrix_approximation_rank, warm_start=warm_start,
-                                   error_feedback=use_error_feedback, seed=random_seed)
+                                   error_feedback=use_error_feedback, seed=random_seed, nonfinite=nonfinite)
         self.iter = 0
         self.compressed_steps = 0
+        self.skipped_steps = 0
+        self._skipped_this_step = False
         self.grad_norm = 0.0  # this worker's gradient norm (after clipping) at the last step
         self._grad_sq = 0.0
 
@@ -335,11 +397,13 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     group = state.process_group or dist.group.WORLD
     world = dist.get_world_size(group)
     buf = bucket.buffer()
-    norm = torch.linalg.vector_norm(buf)
-    if state.max_norm is not None:  # clip the local gradient before anything else
-        buf.mul_(torch.clamp(state.max_norm / (norm + 1e-6), max=1.0))
-        norm = torch.clamp(norm, max=state.max_norm)
-    state._grad_sq += norm.item() ** 2
+    norm = torch.linalg.vector_norm(buf).item()
+    if state.max_norm is not None and math.isfinite(norm) and norm > state.max_norm:
+        # clip the local gradient before anything else; a non-finite bucket is left as it is,
+        # for the non-finite check below and for GradScaler to see
+        buf.mul_(state.max_norm / (norm + 1e-6))
+        norm = torch.linalg.vector_norm(buf).item()
+    state._grad_sq += norm ** 2
     if bucket.is_last():
         state.grad_norm, state._grad_sq = math.sqrt(state._grad_sq), 0.0
     if state.iter < state.start_powerSGD_iter:
@@ -362,31 +426,41 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     pairs = [(id(p), g) for p, g in zip(params, grads) if should_compress(g.shape, r, state.min_compression_rate)]
     if pairs:
         keys, mats = zip(*pairs)
+        skipped = state.compressor.skipped
         approx = state.compressor.compress_many(keys, mats, lambda t: state._allreduce(t, group), world)
+        state._skipped_this_step |= state.compressor.skipped > skipped
         for g, a in zip(mats, approx):
             g.copy_(a)
     if bucket.is_last():
         state.iter += 1
         state.steps += 1
-        state.compressed_steps += 1
+        if state._skipped_this_step:
+            state.skipped_steps += 1
+        else:
+            state.compressed_steps += 1
+        state._skipped_this_step = False
     fut: torch.futures.Future = torch.futures.Future(devices=[buf.device] if buf.is_cuda else None)
     fut.set_result(buf)
     return fut
 
 
 def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1,
-                  ratio: float = 0.01, min_compression_rate: float = 0.0, element_size: int = 4,
+                  ratio: float = 0.01, min_compression_rate: float = 2.0, element_size: int = 4,
                   index_size: int = 4) -> int:
     """Bytes one worker contributes per step for gradients of ``shapes``.
 
     * ``"allreduce"``: every entry, ``element_size`` bytes each;
     * ``"topk"``: the ``ceil(ratio * numel)`` largest entries of each tensor, a
       value and an index each (sparse vectors with different supports cannot be
-      summed in place: they are all-gathered, so each worker also *receives*
-      ``W - 1`` such messages);
+      summed in place: they are all-gathered, so each of ``N`` workers also
+      *receives* ``N - 1`` such messages);
     * ``"powersgd"``: ``(n + m) r`` numbers for each matrix that passes
-      :func:`should_compress`, all entries of the others.
+      :func:`should_compress` (``min_compression_rate=2`` is torch's default, as
+      in :class:`PowerSGDState`), all entries of the others.
     """
+    for name, value in (("element_size", element_size), ("index_size", index_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1 (bytes per number, 4 for float32/int32), got {value!r}")
     shapes = [tuple(int(s) for s in shape) for shape in shapes]
     if scheme == "allreduce":
         return sum(math.prod(s) for s in shapes) * element_size
@@ -440,20 +514,39 @@ class GaLoreAdamW(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "rank": None, "update_proj_gap": 200, "scale": 0.25}
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            if group["rank"] is None:
-                continue
-            rank = _check_rank(group["rank"])
-            if not (isinstance(group["update_proj_gap"], int) and group["update_proj_gap"] >= 1):
-                raise ValueError(f"update_proj_gap must be an int >= 1, got {group['update_proj_gap']!r}")
-            for p in group["params"]:
-                if p.dim() != 2:
-                    raise ValueError(f"GaLore projects matrices; a parameter of shape {tuple(p.shape)} is in "
-                                     "a group with 'rank'. Put vectors (biases, norms) in a group without it")
-                if rank > min(p.shape):
-                    raise ValueError(f"rank {rank} is impossible for a {p.shape[0]} x {p.shape[1]} matrix; "
-                                     f"use at most {min(p.shape)} (and much less to save memory)")
+        super().__init__(params, defaults)  # calls add_param_group, which checks each group
+
+    def add_param_group(self, param_group: dict) -> None:
+        """``torch.optim.Optimizer.add_param_group`` plus GaLore's checks (the
+        constructor's groups go through here too): a group with ``rank`` holds
+        only matrices of at least that rank, ``update_proj_gap`` is an int >= 1
+        and ``scale`` a finite number > 0."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        if group["rank"] is None:
+            return
+        rank = _check_rank(group["rank"])
+        gap = group["update_proj_gap"]
+        if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+            raise ValueError(f"update_proj_gap must be an int >= 1, got {gap!r}")
+        scale = group["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0 (the paper uses 0.25), got {scale!r}")
+        for p in group["params"]:
+            if p.dim() != 2:
+                raise ValueError(f"GaLore projects matrices; a parameter of shape {tuple(p.shape)} is in "
+                                 "a group with 'rank'. Put vectors (biases, norms) in a group without it")
+            if rank > min(p.shape):
+                raise ValueError(f"rank {rank} is impossible for a {p.shape[0]} x {p.shape[1]} matrix; "
+                                 f"use at most {min(p.shape)} (and much less to save memory)")
 
     @staticmethod
     def _projector(grad: torch.Tensor, rank: int) -> torch.Tensor:

@@ -159,7 +159,7 @@ def test_payload_bytes():
     assert payload_bytes(shapes, "allreduce", element_size=2) == 2 * numel
     r = 4
     expected = 4 * ((256 + 64) * r + 256 + (10 + 256) * r + 10)
-    assert payload_bytes(shapes, "powersgd", rank=r) == expected
+    assert payload_bytes(shapes, "powersgd", rank=r, min_compression_rate=0) == expected
     # with torch's default min_compression_rate=2 the 10 x 256 layer stays dense at rank 8
     assert payload_bytes(shapes, "powersgd", rank=8, min_compression_rate=2) == 4 * (
         (256 + 64) * 8 + 256 + 10 * 256 + 10)
@@ -177,7 +177,19 @@ def test_payload_bytes():
     (lambda: best_rank_r(torch.zeros(3, 4), 5), ValueError, "rank 5 is impossible"),
     (lambda: power_iteration(torch.zeros(3, 4), torch.zeros(3, 1)), ValueError, r"Q must have shape \(4, r\)"),
     (lambda: PowerSGDState(start_powerSGD_iter=-1), ValueError, "start_powerSGD_iter"),
-    (lambda: PowerSGDState(min_compression_rate=-1), ValueError, "min_compression_rate must be >= 0"),
+    (lambda: PowerSGDState(min_compression_rate=-1), ValueError, "min_compression_rate must be a number >= 0"),
+    (lambda: PowerSGDState(nonfinite="ignore"), ValueError, "nonfinite must be 'skip'"),
+    (lambda: PowerSGD(1).compress("w", torch.ones(3, 3), world_size=2), ValueError, "without allreduce"),
+    (lambda: PowerSGD(1).compress("w", torch.ones(3, 3), lambda t: t, world_size=0), ValueError,
+     "world_size must be an int >= 1"),
+    (lambda: power_iteration(torch.ones(3, 3), torch.ones(3, 1), world_size=2), ValueError, "without allreduce"),
+    (lambda: should_compress((8, 8), 0), ValueError, "rank must be >= 1"),
+    (lambda: should_compress((8, 8), -3), ValueError, "rank must be >= 1"),
+    (lambda: should_compress((8, 8), 1, -1.0), ValueError, "min_compression_rate"),
+    (lambda: payload_bytes([(3, 3)], "powersgd", min_compression_rate=-2), ValueError, "min_compression_rate"),
+    (lambda: payload_bytes([(3, 3)], "allreduce", element_size=0), ValueError, "element_size must be"),
+    (lambda: GaLoreAdamW([{"params": [torch.zeros(8, 8, requires_grad=True)], "rank": 2, "scale": 0}]),
+     ValueError, "scale must be a finite number > 0"),
     (lambda: PowerSGDState(max_norm=-1.0), ValueError, "max_norm must be"),
     (lambda: PowerSGDState(matrix_approximation_rank=0), ValueError, "rank must be >= 1"),
     (lambda: payload_bytes([(3, 3)], "gzip"), ValueError, "scheme must be"),
@@ -191,6 +203,156 @@ def test_payload_bytes():
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_payload_bytes_default_rate_is_torchs():
+    """The default min_compression_rate is 2, as in PowerSGDState and torch: a 3 x 3 matrix at
+    rank 4 is sent dense (36 bytes), not as factors larger than itself."""
+    assert payload_bytes([(3, 3)], "powersgd", rank=4) == 36 == payload_bytes([(3, 3)], "allreduce")
+    n, m, r = 10, 256, 8
+    assert not _should_compress(n, m, r, 2)[0] and payload_bytes([(n, m)], "powersgd", rank=r) == 4 * n * m
+    assert PowerSGDState().min_compression_rate == 2 == torch_state_default("min_compression_rate")
+
+
+def torch_state_default(name):
+    import inspect
+
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState as TorchState
+
+    return inspect.signature(TorchState.__init__).parameters[name].default
+
+
+def test_state_defaults_are_torchs():
+    ours = PowerSGDState()
+    assert ours.matrix_approximation_rank == torch_state_default("matrix_approximation_rank") == 1
+    assert ours.start_powerSGD_iter == torch_state_default("start_powerSGD_iter")
+
+
+def test_galore_add_param_group_is_checked():
+    W = torch.zeros(8, 8, requires_grad=True)
+    opt = GaLoreAdamW([W])
+    with pytest.raises(ValueError, match="rank 10 is impossible for a 4 x 3"):
+        opt.add_param_group({"params": [torch.zeros(4, 3, requires_grad=True)], "rank": 10})
+    with pytest.raises(ValueError, match="update_proj_gap must be an int >= 1"):
+        opt.add_param_group({"params": [torch.zeros(4, 3, requires_grad=True)], "rank": 2, "update_proj_gap": 0})
+    assert len(opt.param_groups) == 1  # the rejected groups were not kept
+    opt.add_param_group({"params": [torch.zeros(4, 3, requires_grad=True)], "rank": 2})
+    assert opt.param_groups[-1]["rank"] == 2 and opt.param_groups[-1]["update_proj_gap"] == 200
+
+
+# --- non-finite gradients ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_a_nonfinite_gradient_passes_through_and_leaves_the_state_alone(bad):
+    """One inf/NaN step must not poison the later steps: the output is the gradient itself (so
+    GradScaler or a norm check sees it), errors and Q are untouched, and the run continues exactly
+    as if that step had been skipped."""
+    g1, g2, g3 = randn(6, 5, seed=1), randn(6, 5, seed=2), randn(6, 5, seed=3)
+    spiked = g2.clone()
+    spiked[2, 3] = bad
+    a, b = PowerSGD(2, seed=4), PowerSGD(2, seed=4)
+    a.compress("w", g1)
+    b.compress("w", g1)
+    errors, qs = a.errors["w"].clone(), a.qs["w"].clone()
+    out = a.compress("w", spiked)
+    torch.testing.assert_close(out, spiked, equal_nan=True)  # passed through, inf still inf
+    assert a.skipped == 1 and torch.equal(a.errors["w"], errors) and torch.equal(a.qs["w"], qs)
+    torch.testing.assert_close(a.compress("w", g3), b.compress("w", g3), rtol=0, atol=0)
+    assert math.isfinite(a.error_norm()) and a.error_norm() == b.error_norm()
+
+
+def test_nonfinite_on_one_worker_makes_every_worker_pass_through():
+    """Two workers simulated with a summing all-reduce: worker 2's inf reaches worker 1 through the
+    summed P, so worker 1 (finite itself) also returns the uncompressed average, and keeps its state."""
+    g1, g2, Q0 = randn(8, 6), randn(8, 6, seed=3), randn(6, 2, seed=4)
+    g2[0, 0] = math.inf
+    comp = PowerSGD(2)
+    comp.qs["w"] = Q0.clone()
+    others = [g2 @ Q0, g2.reshape(-1)]  # what worker 2 contributes to the two collectives, in order
+
+    def allreduce_pair(t):
+        return t + others.pop(0).reshape(t.shape)
+
+    out = comp.compress("w", g1, allreduce_pair, world_size=2)
+    assert not others  # both collectives were issued: the P sum and the dense fallback
+    torch.testing.assert_close(out, (g1 + g2) / 2)
+    assert comp.skipped == 1 and "w" not in comp.errors and torch.equal(comp.qs["w"], Q0)
+
+
+def test_nonfinite_raise_mode_explains_and_keeps_the_state():
+    comp = PowerSGD(1, nonfinite="raise")
+    comp.compress("w", randn(4, 4))
+    before = comp.errors["w"].clone()
+    with pytest.raises(FloatingPointError, match="not finite.*GradScaler"):
+        comp.compress("w", torch.full((4, 4), math.nan, dtype=torch.float64))
+    assert torch.equal(comp.errors["w"], before)
+    with pytest.raises(ValueError, match="nonfinite must be"):
+        PowerSGD(1, nonfinite="zero")
+
+
+class _Bucket:
+    """The part of torch's GradBucket that the hooks use; the gradients are views of the buffer."""
+
+    def __init__(self, params, grads):
+        self._buf = torch.cat([g.reshape(-1) for g in grads])
+        self._params, self._grads, offset = params, [], 0
+        for g in grads:
+            self._grads.append(self._buf[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def buffer(self):
+        return self._buf
+
+    def gradients(self):
+        return self._grads
+
+    def parameters(self):
+        return self._params
+
+    def is_last(self):
+        return True
+
+
+@pytest.fixture
+def one_process_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_hook_clips_and_passes_a_nonfinite_bucket_through(one_process_group):
+    """gradlab's hook in a real (1-process) gloo group: clipping bounds the local norm, an inf bucket
+    comes out as inf (not NaN, as scaling by max_norm / inf = 0 would give), the error buffers are
+    untouched by it, and the next steps are finite."""
+    from gradlab.compress import powerSGD_hook
+
+    params = [torch.zeros(16, 12), torch.zeros(12), torch.zeros(10, 16)]
+    grads = [10 * randn(*p.shape, dtype=torch.float32, seed=i) for i, p in enumerate(params)]
+    state = PowerSGDState(matrix_approximation_rank=1, start_powerSGD_iter=0, max_norm=1.0)
+    for _ in range(3):
+        powerSGD_hook(state, _Bucket(params, grads)).wait()
+        assert state.grad_norm <= 1.0 * (1 + 1e-6)
+    errors = {k: e.clone() for k, e in state.compressor.errors.items()}
+    spiked = [g.clone() for g in grads]
+    spiked[0][3, 4] = math.inf
+    out = powerSGD_hook(state, _Bucket(params, spiked)).wait()
+    assert torch.isinf(out).any() and not torch.isnan(out).any()
+    assert state.skipped_steps == 1 and state.compressed_steps == 3 and state.grad_norm == math.inf
+    assert all(torch.equal(state.compressor.errors[k], e) for k, e in errors.items())
+    out = powerSGD_hook(state, _Bucket(params, grads)).wait()
+    assert torch.isfinite(out).all() and math.isfinite(state.error_norm()) and state.compressed_steps == 4
+
+
+def test_hook_without_clipping_reports_the_unclipped_norm(one_process_group):
+    from gradlab.compress import powerSGD_hook
+
+    params = [torch.zeros(16, 12)]
+    grads = [10 * randn(16, 12, dtype=torch.float32)]
+    state = PowerSGDState(start_powerSGD_iter=0)
+    powerSGD_hook(state, _Bucket(params, grads)).wait()
+    assert state.grad_norm == pytest.approx(torch.linalg.vector_norm(grads[0]).item(), rel=1e-6)
 
 
 def test_key_reused_with_another_shape():
@@ -295,11 +457,12 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
            "--config", "name=plain,hook=allreduce",
            "--config", "name=torch,hook=torch,rank=2,start=2,min_rate=2",
            "--config", "name=ours,hook=gradlab,rank=2,start=2,min_rate=2",
-           "--config", "name=from0,hook=gradlab,rank=2,start=0,min_rate=0"]
+           "--config", "name=from0,hook=gradlab,rank=2,start=0,min_rate=0",
+           "--config", "name=clip,hook=gradlab,rank=2,start=2,min_rate=2,clip=0.25"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
-    plain, theirs, ours, from0 = record["runs"]
+    plain, theirs, ours, from0, clip = record["runs"]
     assert record["world_size"] == 2
     assert plain["bytes_per_step"] == [plain["dense_bytes_per_step"]] * 40
     assert ours["bytes_per_step"] == theirs["bytes_per_step"]
@@ -310,8 +473,14 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
     assert ours["losses"][-1] < 0.7 * ours["losses"][0]
     assert abs(math.log(ours["losses"][-1] / theirs["losses"][-1])) < math.log(2)
     # keyed by parameter, gradlab's state survives DDP's bucket rebuild: compression from step 0
-    assert from0["bytes_per_step"] == [payload_bytes(ours["shapes"], "powersgd", rank=2)] * 40
+    assert from0["bytes_per_step"] == [payload_bytes(ours["shapes"], "powersgd", rank=2, min_compression_rate=0)] * 40
     assert from0["losses"][-1] < 0.8 * from0["losses"][0]
+    # max_norm clips each worker's gradient inside the hook (the norm is measured after clipping):
+    # bounded by 0.25, clipped at many steps (0.25 is about the median norm), a smaller error buffer
+    assert all(g <= 0.25 * (1 + 1e-6) for g in clip["grad_norms"])
+    assert sum(g > 0.25 * (1 - 1e-3) for g in clip["grad_norms"]) >= 5
+    assert max(clip["error_norms"]) < 0.7 * max(ours["error_norms"])
+    assert clip["losses"][-1] < 0.8 * clip["losses"][0] and clip["skipped_steps"] == ours["skipped_steps"] == 0
 
 
 def test_check_power_iteration_accepts_a_correct_step_and_explains_mistakes():
@@ -327,3 +496,41 @@ def test_check_power_iteration_accepts_a_correct_step_and_explains_mistakes():
     assert not not_orth.passed and "orthonormal" in not_orth.message
     doubled = check_power_iteration(lambda M, Q: (good(M, Q)[0], 2 * good(M, Q)[1]))
     assert not doubled.passed and "nothing to average" in doubled.message
+
+
+def test_check_payload_bytes_accepts_the_reference_and_explains_mistakes():
+    from gradlab.checks import check_payload_bytes
+
+    def good(n, m, scheme, rank, ratio):
+        return payload_bytes([(n, m)], scheme, rank=rank, ratio=ratio)
+
+    def by_hand(n, m, scheme, rank, ratio):
+        if scheme == "allreduce":
+            return 4 * n * m
+        if scheme == "topk":
+            return 8 * math.ceil(ratio * n * m)
+        r = min(n, m, rank)
+        return 4 * (n + m) * r if (n + m) * r * 2 < n * m else 4 * n * m
+
+    assert check_payload_bytes(good).passed and check_payload_bytes(by_hand).passed
+
+    def numbers(n, m, scheme, rank, ratio):
+        return by_hand(n, m, scheme, rank, ratio) // 4
+
+    def no_index(n, m, scheme, rank, ratio):
+        return by_hand(n, m, scheme, rank, ratio) // (2 if scheme == "topk" else 1)
+
+    def floor_k(n, m, scheme, rank, ratio):
+        return 8 * math.floor(ratio * n * m) if scheme == "topk" else by_hand(n, m, scheme, rank, ratio)
+
+    def always_factors(n, m, scheme, rank, ratio):
+        return 4 * (n + m) * min(n, m, rank) if scheme == "powersgd" else by_hand(n, m, scheme, rank, ratio)
+
+    def stub(n, m, scheme, rank, ratio):
+        raise NotImplementedError
+
+    for wrong, says in [(numbers, "4 bytes per float32"), (no_index, "value and its index"),
+                        (floor_k, "ceil"), (always_factors, "sends this matrix dense"),
+                        (stub, "not written yet"), (lambda *a: [1, 2], "not what was asked")]:
+        result = check_payload_bytes(wrong)
+        assert not result.passed and says in result.message, (wrong, result.message)
