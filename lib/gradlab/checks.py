@@ -430,10 +430,17 @@ def check_adam_step(fn: Callable) -> CheckResult:
         grad = torch.randn(5, 3, generator=g, dtype=torch.float64) * 10.0 ** (t - 3)
         p_ref.grad = grad.clone()
         opt.step()
-        out, err = _call(fn, p.clone(), grad.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps,
-                         where=f"at step t = {t}")
+        inputs = {"p": p, "g": grad, "m": m, "v": v}
+        snapshot = {k: x.clone() for k, x in inputs.items()}
+        out, err = _call(fn, p, grad, m, v, t, lr, beta1, beta2, eps, where=f"at step t = {t}")
         if err is not None:
             return err
+        changed = [k for k, x in inputs.items() if not torch.equal(x, snapshot[k])]
+        if changed:
+            return CheckResult(False, f"at step t = {t} your function changed its input(s) "
+                                      f"{', '.join(changed)} in place (e.g. with m.mul_(...) or m += ...); "
+                                      "build new tensors instead, m = beta1 * m + (1 - beta1) * g, so that "
+                                      "the caller's tensors stay as they were.")
         if not (isinstance(out, tuple) and len(out) == 3):
             return CheckResult(False, "return a tuple (p, m, v) of the updated tensors.")
         new_p, new_m, new_v = (torch.as_tensor(x, dtype=torch.float64) for x in out)

@@ -19,7 +19,12 @@ Each optimizer has two code paths that compute the same update:
 
 ``differentiable``, ``capturable`` and ``fused`` are accepted for signature
 compatibility but only at their default values: for a fused CUDA kernel use
-``torch.optim.Adam(fused=True)``.
+``torch.optim.Adam(fused=True)``. Complex parameters are supported as in
+``torch.optim`` (Adagrad, RMSprop and Adam see them as pairs of real numbers,
+``torch.view_as_real``); sparse gradients are not (see the error message for
+where to go instead). A 1-element tensor ``lr`` works with ``foreach=False``.
+
+:func:`adam_step_bound` gives the exact worst-case per-coordinate step of Adam.
 
 Notation: ``g_t`` the gradient at step ``t`` (after weight decay where it is
 coupled), ``lr`` the learning rate, all operations element-wise.
@@ -35,7 +40,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "adam_step_bound"]
 
 _Closure = Callable[[], float] | None
 
@@ -43,6 +48,9 @@ _Closure = Callable[[], float] | None
 # --------------------------------------------------------------------------- helpers
 def _check_nonneg(name: str, value: float) -> None:
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a 1-element tensor, "
+                             f"got a tensor with {value.numel()} elements")
         value = value.item()
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -70,6 +78,32 @@ def _use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
     return bool(foreach)
 
 
+_TENSOR_LR_FOREACH = ("lr as a Tensor is not supported with foreach=True by gradlab.optim "
+                      "(nor by torch.optim without capturable=True); pass a float lr, "
+                      "e.g. lr=float(lr), or foreach=False")
+
+
+def _check_lr(lr: float | torch.Tensor, foreach: bool | None) -> None:
+    _check_nonneg("lr", lr)
+    if isinstance(lr, torch.Tensor) and foreach:
+        raise ValueError(_TENSOR_LR_FOREACH)
+
+
+def _lr_for_step(lr: float | torch.Tensor, foreach: bool) -> float:
+    """The group's lr as a float; a tensor lr (a scheduler may hold one) only on the loop path."""
+    if isinstance(lr, torch.Tensor):
+        if foreach:
+            raise ValueError(_TENSOR_LR_FOREACH)
+        return lr.item()
+    return lr
+
+
+def _real(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A complex tensor as a real view with a trailing dimension of 2 (as torch.optim does),
+    so that element-wise squares are |re|^2 and |im|^2 rather than complex squares."""
+    return torch.view_as_real(t) if t is not None and torch.is_complex(t) else t
+
+
 def _group_by_device_dtype(*lists: list[torch.Tensor]) -> dict[tuple, list[list[torch.Tensor]]]:
     """Split parallel lists of tensors by (device, dtype) of the first list."""
     out: dict[tuple, list[list[torch.Tensor]]] = defaultdict(lambda: [[] for _ in lists])
@@ -88,8 +122,12 @@ def _new_step() -> torch.Tensor:
 
 def _sparse_check(p: torch.Tensor, name: str) -> None:
     if p.grad is not None and p.grad.is_sparse:
-        raise RuntimeError(f"{name} does not support sparse gradients; "
-                           "see gradlab.sparse for lazy optimizers")
+        if name in ("SGD", "Adagrad"):
+            where = f"torch.optim.{name} supports them"
+        else:
+            where = "use torch.optim.SparseAdam, or the lazy optimizers in gradlab.sparse"
+        raise RuntimeError(f"gradlab.optim.{name} does not support sparse gradients "
+                           f"(e.g. from nn.Embedding(sparse=True)); {where}")
 
 
 # --------------------------------------------------------------------------- SGD
@@ -115,7 +153,7 @@ class SGD(Optimizer):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None) -> None:
-        _check_nonneg("lr", lr)
+        _check_lr(lr, foreach)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("dampening", dampening)
@@ -143,8 +181,9 @@ class SGD(Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 bufs.append(self.state[p].get("momentum_buffer"))
-            fn = _sgd_foreach if _use_foreach(group["foreach"], params) else _sgd_single
-            fn(params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
+            use_foreach = _use_foreach(group["foreach"], params)
+            fn = _sgd_foreach if use_foreach else _sgd_single
+            fn(params, grads, bufs, lr=_lr_for_step(group["lr"], use_foreach), momentum=group["momentum"],
                dampening=group["dampening"], weight_decay=group["weight_decay"],
                nesterov=group["nesterov"], maximize=group["maximize"])
             if group["momentum"] != 0:
@@ -201,15 +240,16 @@ class Adagrad(Optimizer):
         \theta_t = \theta_{t-1} - \frac{\text{lr}}{1+(t-1)\,\text{lr\_decay}}
         \cdot \frac{g_t}{\sqrt{s_t} + \epsilon}.
 
-    The sum ``s`` only grows: one gradient spike of size ``G`` divides every later
-    step of that coordinate by at least ``G`` for the rest of training.
+    The sum ``s`` only grows: after one gradient spike of size ``G`` in a stream of
+    unit gradients, the step at step ``t`` is ``sqrt(t / (G^2 + t - 1))`` times the
+    step without the spike, a slowdown that fades only like ``1/sqrt(t)``.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None) -> None:
-        _check_nonneg("lr", lr)
+        _check_lr(lr, foreach)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("initial_accumulator_value", initial_accumulator_value)
@@ -219,13 +259,18 @@ class Adagrad(Optimizer):
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=False, fused=None)
         super().__init__(params, defaults)
-        # like torch.optim.Adagrad, the state is created eagerly
+        # like torch.optim.Adagrad, the state is created eagerly here (and lazily in step()
+        # for parameter groups added later with add_param_group)
         for group in self.param_groups:
             for p in group["params"]:
-                st = self.state[p]
-                st["step"] = _new_step()
-                st["sum"] = torch.full_like(p, group["initial_accumulator_value"],
-                                            memory_format=torch.preserve_format)
+                self._init_state(p, group)
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        st = self.state[p]
+        st["step"] = _new_step()
+        init = group["initial_accumulator_value"]
+        st["sum"] = torch.full_like(p, complex(init, init) if torch.is_complex(p) else init,
+                                    memory_format=torch.preserve_format)
 
     @torch.no_grad()
     def step(self, closure: _Closure = None) -> float | None:
@@ -239,13 +284,16 @@ class Adagrad(Optimizer):
                 if p.grad is None:
                     continue
                 _sparse_check(p, "Adagrad")
+                if "sum" not in self.state[p]:
+                    self._init_state(p, group)
                 st = self.state[p]
-                params.append(p)
-                grads.append(p.grad)
-                sums.append(st["sum"])
+                params.append(_real(p))
+                grads.append(_real(p.grad))
+                sums.append(_real(st["sum"]))
                 steps.append(st["step"])
-            fn = _adagrad_foreach if _use_foreach(group["foreach"], params) else _adagrad_single
-            fn(params, grads, sums, steps, lr=group["lr"], lr_decay=group["lr_decay"],
+            use_foreach = _use_foreach(group["foreach"], params)
+            fn = _adagrad_foreach if use_foreach else _adagrad_single
+            fn(params, grads, sums, steps, lr=_lr_for_step(group["lr"], use_foreach), lr_decay=group["lr_decay"],
                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
         return loss
 
@@ -294,7 +342,7 @@ class RMSprop(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False) -> None:
-        _check_nonneg("lr", lr)
+        _check_lr(lr, foreach)
         _check_nonneg("eps", eps)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
@@ -325,14 +373,15 @@ class RMSprop(Optimizer):
                         st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if group["centered"]:
                         st["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                sq.append(st["square_avg"])
-                gavg.append(st.get("grad_avg"))
-                bufs.append(st.get("momentum_buffer"))
+                params.append(_real(p))
+                grads.append(_real(p.grad))
+                sq.append(_real(st["square_avg"]))
+                gavg.append(_real(st.get("grad_avg")))
+                bufs.append(_real(st.get("momentum_buffer")))
                 steps.append(st["step"])
-            fn = _rmsprop_foreach if _use_foreach(group["foreach"], params) else _rmsprop_single
-            fn(params, grads, sq, gavg, bufs, steps, lr=group["lr"], alpha=group["alpha"],
+            use_foreach = _use_foreach(group["foreach"], params)
+            fn = _rmsprop_foreach if use_foreach else _rmsprop_single
+            fn(params, grads, sq, gavg, bufs, steps, lr=_lr_for_step(group["lr"], use_foreach), alpha=group["alpha"],
                eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
                centered=group["centered"], maximize=group["maximize"])
         return loss
@@ -400,10 +449,12 @@ class Adam(Optimizer):
     (AdamW, Loshchilov & Hutter 2019) the parameters are instead multiplied by
     ``1 - lr * weight_decay`` before the update.
 
-    Each coordinate's step is about ``lr`` (Kingma & Ba, Sec. 2.1: roughly at most
-    ``lr (1-beta1)/sqrt(1-beta2)`` when ``(1-beta1) > sqrt(1-beta2)``, else roughly at
-    most ``lr``; exactly ``lr`` or less on the first step); the whole update can still
-    reach ``lr * sqrt(d)`` for ``d`` parameters.
+    Each coordinate's step is a small multiple of ``lr`` whatever the scale of the
+    gradients: exactly ``lr`` or less on the first step, about
+    ``lr (1-beta1)/sqrt(1-beta2)`` (3.16 lr at the default betas) for a gradient after
+    a long stretch of zero gradients (Kingma & Ba, Sec. 2.1), and never more than
+    :func:`adam_step_bound` times ``lr`` (at most about 7.27 lr at the default betas).
+    The whole update can still reach about ``lr * sqrt(d)`` for ``d`` parameters.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -411,7 +462,7 @@ class Adam(Optimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False) -> None:
-        _check_nonneg("lr", lr)
+        _check_lr(lr, foreach)
         _check_nonneg("eps", eps)
         _check_nonneg("weight_decay", weight_decay)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -449,15 +500,16 @@ class Adam(Optimizer):
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if group["amsgrad"]:
                         st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                ms.append(st["exp_avg"])
-                vs.append(st["exp_avg_sq"])
-                vmax.append(st.get("max_exp_avg_sq"))
+                params.append(_real(p))
+                grads.append(_real(p.grad))
+                ms.append(_real(st["exp_avg"]))
+                vs.append(_real(st["exp_avg_sq"]))
+                vmax.append(_real(st.get("max_exp_avg_sq")))
                 steps.append(st["step"])
-            fn = _adam_foreach if _use_foreach(group["foreach"], params) else _adam_single
+            use_foreach = _use_foreach(group["foreach"], params)
+            fn = _adam_foreach if use_foreach else _adam_single
             beta1, beta2 = group["betas"]
-            fn(params, grads, ms, vs, vmax, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+            fn(params, grads, ms, vs, vmax, steps, lr=_lr_for_step(group["lr"], use_foreach), beta1=beta1, beta2=beta2,
                eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
                maximize=group["maximize"], decoupled=group["decoupled_weight_decay"])
         return loss
@@ -526,3 +578,45 @@ def _adam_foreach(params, grads, ms, vs, vmax, steps, *, lr, beta1, beta2, eps, 
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(ps, mm, denom, step_sizes)
+
+
+# --------------------------------------------------------------------------- Adam's step bound
+def adam_step_bound(step: float, betas: tuple[float, float] = (0.9, 0.999)) -> float:
+    r"""Largest possible ``|step of one coordinate| / lr`` of Adam at step number ``step``
+    (1-based; ``math.inf`` for the limit of long runs), over all gradient sequences.
+
+    With ``\gamma = \beta_1^2/\beta_2``, Cauchy-Schwarz on
+    ``m_t = (1-\beta_1)\sum_k \beta_1^k g_{t-k}`` against
+    ``v_t = (1-\beta_2)\sum_k \beta_2^k g_{t-k}^2`` gives
+
+    .. math::
+        \frac{|\Delta\theta_t|}{\text{lr}} \le
+        \frac{1-\beta_1}{\sqrt{1-\beta_2}}\,
+        \sqrt{\textstyle\sum_{k=0}^{t-1}\gamma^k}\;
+        \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t},
+
+    which is exactly 1 at ``t = 1`` and tends to
+    ``(1-beta1) / sqrt((1-beta2)(1-gamma))`` when ``gamma < 1`` (about 7.27 at the
+    default betas; it grows without limit when ``beta1**2 >= beta2``). Equality needs
+    gradients that grow geometrically by ``beta2/beta1`` per step, so the bound is
+    tight. ``eps > 0`` only shrinks the step; AMSGrad's larger denominator too. With
+    weight decay the bound applies to the gradient including the coupled L2 term
+    (Adam) or excludes the decoupled shrinking (AdamW).
+    Kingma & Ba (2015, Sec. 2.1) give the approximate per-step forms.
+    """
+    beta1, beta2 = betas
+    _check_unit("betas[0]", beta1)
+    _check_unit("betas[1]", beta2)
+    if not (isinstance(step, (int, float)) and step >= 1):
+        raise ValueError(f"step must be a step number >= 1 (or math.inf), got {step!r}")
+    if beta2 == 0.0:  # v_t = g_t^2: no memory in the denominator
+        return 1.0 if beta1 == 0.0 else math.inf
+    gamma = beta1**2 / beta2
+    if math.isinf(step):
+        return math.inf if gamma >= 1 else (1 - beta1) / math.sqrt((1 - beta2) * (1 - gamma))
+    t = int(step)
+    try:
+        total = float(t) if gamma == 1 else (gamma**t - 1) / (gamma - 1)  # sum_{k<t} gamma^k
+    except OverflowError:
+        return math.inf
+    return (1 - beta1) / math.sqrt(1 - beta2) * math.sqrt(total) * math.sqrt(1 - beta2**t) / (1 - beta1**t)

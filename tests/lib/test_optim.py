@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from gradlab import optim
 
-STEPS = 100
+STEPS = 60
 
 
 def _problem(dtype, seed=0, device="cpu"):
@@ -29,14 +30,22 @@ def _loss(params, targets, t):
     return sum(((p - y) ** 2 * (1 + 0.5 * torch.sin(p + 0.3 * t))).sum() for p, y in zip(params, targets))
 
 
+def _set_grads(params, targets, t, sign=1.0):
+    """The gradient of sign * _loss, in closed form (no autograd graph: keeps the many
+    parity runs fast); test_closed_form_gradient checks it against autograd."""
+    for p, y in zip(params, targets):
+        x = p.detach()
+        d = x - y
+        p.grad = sign * (2 * d * (1 + 0.5 * torch.sin(x + 0.3 * t)) + 0.5 * d * d * torch.cos(x + 0.3 * t))
+
+
 def _run(opt_cls, kwargs, dtype, steps=STEPS, device="cpu", skip_grad=False):
     params, targets = _problem(dtype, device=device)
     params = [p.clone().requires_grad_(True) for p in params]
     opt = opt_cls(params, **kwargs)
     sign = -1.0 if kwargs.get("maximize") else 1.0  # maximize the negated loss: stays bounded
     for t in range(steps):
-        opt.zero_grad()
-        (sign * _loss(params, targets, t)).backward()
+        _set_grads(params, targets, t, sign)
         if skip_grad and t % 3 == 0:
             params[1].grad = None  # a parameter without gradient on some steps
         opt.step()
@@ -52,31 +61,67 @@ def _assert_same(mine, ref, dtype):
         torch.testing.assert_close(a, b, **_tol(dtype))
 
 
+def _grid(base, **options):
+    """Every combination of the options (itertools.product), each a kwargs dict."""
+    names = list(options)
+    return [dict(base, **dict(zip(names, values))) for values in itertools.product(*options.values())]
+
+
+_BOOL = (False, True)
 CASES = {
-    "SGD": [dict(lr=0.01), dict(lr=0.01, momentum=0.9), dict(lr=0.01, momentum=0.9, dampening=0.3),
-            dict(lr=0.01, momentum=0.9, nesterov=True), dict(lr=0.01, momentum=0.5, weight_decay=0.1),
-            dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.05, maximize=True)],
-    "Adagrad": [dict(), dict(lr=0.1, lr_decay=0.01), dict(lr=0.05, weight_decay=0.1),
-                dict(lr=0.05, initial_accumulator_value=0.5, eps=1e-6), dict(lr=0.05, maximize=True)],
-    "RMSprop": [dict(lr=0.01), dict(lr=0.01, centered=True), dict(lr=0.005, momentum=0.9),
-                dict(lr=0.005, momentum=0.9, centered=True, weight_decay=0.1),
-                dict(lr=0.01, alpha=0.9, eps=1e-4, maximize=True)],
-    "Adam": [dict(lr=0.01), dict(lr=0.01, amsgrad=True), dict(lr=0.01, betas=(0.5, 0.9), eps=1e-6),
-             dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
-             dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)],
-    "AdamW": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.3),
-              dict(lr=0.02, betas=(0.8, 0.99), weight_decay=0.0, maximize=True)],
+    # nesterov needs momentum > 0 and dampening 0; dampening only matters with momentum
+    "SGD": [kw for kw in _grid(dict(lr=0.01), momentum=(0, 0.9), dampening=(0, 0.3), nesterov=_BOOL,
+                               weight_decay=(0, 0.1), maximize=_BOOL)
+            if (kw["momentum"] or not (kw["dampening"] or kw["nesterov"]))
+            and not (kw["nesterov"] and kw["dampening"])],
+    "Adagrad": _grid(dict(lr=0.05), lr_decay=(0, 0.01), weight_decay=(0, 0.1),
+                     initial_accumulator_value=(0, 0.5), maximize=_BOOL)
+    + [dict(lr=0.05, eps=1e-6), dict()],
+    "RMSprop": _grid(dict(lr=0.005), centered=_BOOL, momentum=(0, 0.9), weight_decay=(0, 0.1), maximize=_BOOL)
+    + [dict(lr=0.01, alpha=0.9, eps=1e-4)],
+    "Adam": _grid(dict(lr=0.01), amsgrad=_BOOL, weight_decay=(0, 0.1), decoupled_weight_decay=_BOOL,
+                  maximize=_BOOL)
+    + [dict(lr=0.01, betas=(0.5, 0.9), eps=1e-6)],
+    "AdamW": _grid(dict(lr=0.01), amsgrad=_BOOL, weight_decay=(0, 0.3), maximize=_BOOL)
+    + [dict(lr=0.02, betas=(0.8, 0.99))],
 }
 PARAMS = [(name, kw) for name, kws in CASES.items() for kw in kws]
+IDS = [f"{n}-" + ",".join(f"{k}={v}" for k, v in kw.items()) for n, kw in PARAMS]
+# the configuration with every option switched on, per optimizer (float32 and CUDA runs)
+FULL = {"SGD": dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+        "Adagrad": dict(lr=0.05, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.5,
+                        maximize=True),
+        "RMSprop": dict(lr=0.005, centered=True, momentum=0.9, weight_decay=0.1, maximize=True),
+        "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True),
+        "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.3, maximize=True)}
 
 
-@pytest.mark.parametrize("name,kwargs", PARAMS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PARAMS)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_closed_form_gradient():
+    params, targets = _problem(torch.float64)
+    a = [p.clone().requires_grad_(True) for p in params]
+    _loss(a, targets, 7).backward()
+    b = [p.clone().requires_grad_(True) for p in params]
+    _set_grads(b, targets, 7)
+    _assert_same([p.grad for p in a], [p.grad for p in b], torch.float64)
+
+
+@pytest.mark.parametrize("name,kwargs", PARAMS, ids=IDS)
+def test_matches_torch(name, kwargs):
+    """Every option combination, float64, loop and foreach paths, against torch.optim."""
+    ref, _ = _run(getattr(torch.optim, name), dict(kwargs, foreach=False), torch.float64, skip_grad=True)
+    for foreach in (False, True):
+        mine, _ = _run(getattr(optim, name), dict(kwargs, foreach=foreach), torch.float64, skip_grad=True)
+        _assert_same(mine, ref, torch.float64)
+
+
+@pytest.mark.parametrize("name", list(FULL))
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_matches_torch(name, kwargs, dtype, foreach):
-    mine, _ = _run(getattr(optim, name), dict(kwargs, foreach=foreach), dtype, skip_grad=True)
-    ref, _ = _run(getattr(torch.optim, name), dict(kwargs, foreach=False), dtype, skip_grad=True)
-    _assert_same(mine, ref, dtype)
+def test_matches_torch_float32(name, foreach):
+    kwargs = FULL[name]
+    mine, _ = _run(getattr(optim, name), dict(kwargs, foreach=foreach), torch.float32, steps=100, skip_grad=True)
+    ref, _ = _run(getattr(torch.optim, name), dict(kwargs, foreach=False), torch.float32, steps=100,
+                  skip_grad=True)
+    _assert_same(mine, ref, torch.float32)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -88,17 +133,18 @@ def test_defaults_match_torch(name):
         assert mine[k] == v, (k, mine[k], v)
 
 
-@pytest.mark.parametrize("name,kwargs", [(n, kws[-1]) for n, kws in CASES.items()])
+@pytest.mark.parametrize("name,kwargs", PARAMS, ids=IDS)
 def test_state_dict_round_trip_with_torch(name, kwargs):
-    """Run 30 steps with gradlab, load its state into torch (and back), continue: same as 60 steps."""
+    """Run 20 steps with gradlab, load its state into torch (and back), continue: same as 40 steps.
+    Every option combination, so every state entry (momentum_buffer, sum, square_avg,
+    grad_avg, exp_avg, exp_avg_sq, max_exp_avg_sq, step) makes the round trip."""
     dtype = torch.float64
     params, targets = _problem(dtype)
     a = [p.clone().requires_grad_(True) for p in params]
     opt = getattr(optim, name)(a, **kwargs)
     sign = -1.0 if kwargs.get("maximize") else 1.0
-    for t in range(30):
-        opt.zero_grad()
-        (sign * _loss(a, targets, t)).backward()
+    for t in range(20):
+        _set_grads(a, targets, t, sign)
         opt.step()
     sd = copy.deepcopy(opt.state_dict())
     saved = copy.deepcopy(sd)
@@ -107,18 +153,36 @@ def test_state_dict_round_trip_with_torch(name, kwargs):
     ref_opt.load_state_dict(sd)
     back = getattr(optim, name)([p.detach().clone().requires_grad_(True) for p in a], **kwargs)
     back.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
-    for t in range(30, 60):
+    for t in range(20, 40):
         for o, ps in ((opt, a), (ref_opt, b)):
-            o.zero_grad()
-            (sign * _loss(ps, targets, t)).backward()
+            _set_grads(ps, targets, t, sign)
             o.step()
     _assert_same([p.detach() for p in a], [p.detach() for p in b], dtype)
-    # gradlab -> torch -> gradlab restores the state saved at step 30
-    for k, v in saved["state"][0].items():
-        torch.testing.assert_close(back.state_dict()["state"][0][k], v)
-    # and after 30 more steps, torch's state is gradlab's state
-    for k, v in opt.state_dict()["state"][0].items():
-        torch.testing.assert_close(ref_opt.state_dict()["state"][0][k], v, **_tol(dtype))
+    # gradlab -> torch -> gradlab restores the state saved at step 20, every entry of every parameter
+    restored = back.state_dict()["state"]
+    assert restored.keys() == saved["state"].keys()
+    for i, entries in saved["state"].items():
+        assert restored[i].keys() == entries.keys(), (i, restored[i].keys(), entries.keys())
+        for k, v in entries.items():
+            torch.testing.assert_close(restored[i][k], v)
+    # and after 20 more steps, torch's state is gradlab's state
+    mine, ref = opt.state_dict()["state"], ref_opt.state_dict()["state"]
+    for i, entries in mine.items():
+        assert ref[i].keys() == entries.keys(), (i, ref[i].keys(), entries.keys())
+        for k, v in entries.items():
+            torch.testing.assert_close(ref[i][k], v, **_tol(dtype))
+
+
+def test_state_dict_names_every_state_entry():
+    """The round trip above covers every state entry torch.optim keeps."""
+    seen = {}
+    for name, kwargs in PARAMS:
+        _, opt = _run(getattr(optim, name), kwargs, torch.float64, steps=2)
+        seen.setdefault(name, set()).update(*(st.keys() for st in opt.state.values()))
+    assert seen == {"SGD": {"momentum_buffer"}, "Adagrad": {"step", "sum"},
+                    "RMSprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
+                    "Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+                    "AdamW": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}}
 
 
 def test_param_groups_and_scheduler():
@@ -165,8 +229,8 @@ def test_mixed_dtypes_in_one_group_foreach():
         o1, o2 = cls(mine, foreach=True, **kw), getattr(torch.optim, cls.__name__)(ref, foreach=False, **kw)
         for t in range(10):
             for o, ps in ((o1, mine), (o2, ref)):
-                o.zero_grad()
-                (_loss(ps[:4], ts32, t) + _loss(ps[4:], ts64, t)).backward()
+                _set_grads(ps[:4], ts32, t)
+                _set_grads(ps[4:], ts64, t)
                 o.step()
         for a, b in zip(mine, ref):
             torch.testing.assert_close(a, b, **_tol(a.dtype))
@@ -198,11 +262,83 @@ def test_lr_type_error():
         optim.SGD([torch.zeros(2, requires_grad=True)], lr="0.1")
 
 
-def test_sparse_gradients_rejected():
+@pytest.mark.parametrize("name,where", [("SGD", "torch.optim.SGD supports them"),
+                                        ("Adagrad", "torch.optim.Adagrad supports them"),
+                                        ("RMSprop", "SparseAdam"), ("Adam", "SparseAdam"),
+                                        ("AdamW", "gradlab.sparse")])
+def test_sparse_gradients_rejected_with_a_pointer(name, where):
     p = torch.zeros(4, 2, requires_grad=True)
     p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (4, 2), check_invariants=True)
-    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
-        optim.Adam([p]).step()
+    with pytest.raises(RuntimeError, match=f"does not support sparse gradients.*{where}"):
+        getattr(optim, name)([p], lr=0.1).step()
+
+
+@pytest.mark.parametrize("name", list(FULL))
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+def test_complex_parameters_match_torch(name, foreach, dtype):
+    """Complex parameters: the squares are |re|^2 and |im|^2 (torch.view_as_real), as in torch."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(3, 4, generator=g, dtype=dtype), torch.randn(5, generator=g, dtype=dtype)]
+    grads = [[torch.randn(x.shape, generator=g, dtype=dtype) * 10.0 ** (t % 5 - 2) for x in init]
+             for t in range(12)]
+    out = []
+    for cls, fe in ((getattr(optim, name), foreach), (getattr(torch.optim, name), False)):
+        ps = [x.clone().requires_grad_(True) for x in init]
+        opt = cls(ps, foreach=fe, **FULL[name])
+        for gs in grads:
+            for p, gr in zip(ps, gs):
+                p.grad = gr.clone()
+            opt.step()
+        out.append((ps, opt.state_dict()["state"]))
+    (mine, mine_st), (ref, ref_st) = out
+    tol = _tol(torch.float32 if dtype == torch.complex64 else torch.float64)
+    for a, b in zip(mine, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+    for i, entries in ref_st.items():
+        for k, v in entries.items():
+            torch.testing.assert_close(mine_st[i][k], v, **tol)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_adagrad_add_param_group_creates_state_like_torch(foreach):
+    """A group added after construction gets its state on the first step (torch.optim.Adagrad does too)."""
+    params, targets = _problem(torch.float64)
+    out = []
+    for cls, fe in ((optim.Adagrad, foreach), (torch.optim.Adagrad, False)):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = cls(ps[:2], lr=0.05, initial_accumulator_value=0.1, foreach=fe)
+        for t in range(5):
+            _set_grads(ps[:2], targets[:2], t)
+            opt.step()
+        opt.add_param_group({"params": ps[2:], "lr": 0.1})
+        for t in range(5, 15):
+            _set_grads(ps, targets, t)
+            opt.step()
+        out.append(ps)
+    _assert_same([p.detach() for p in out[0]], [p.detach() for p in out[1]], torch.float64)
+
+
+@pytest.mark.parametrize("name", list(FULL))
+def test_tensor_lr(name):
+    """A 1-element tensor lr works on the loop path (same steps as torch with a float lr) and
+    gives a clear error with foreach=True, at construction or at the step."""
+    kwargs = dict(FULL[name])
+    lr = kwargs.pop("lr")
+    mine, _ = _run(getattr(optim, name), dict(kwargs, lr=torch.tensor(lr, dtype=torch.float64), foreach=False),
+                   torch.float64)
+    ref, _ = _run(getattr(torch.optim, name), dict(kwargs, lr=lr, foreach=False), torch.float64)
+    _assert_same(mine, ref, torch.float64)
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="lr as a Tensor is not supported with foreach=True.*float"):
+        getattr(optim, name)([p], lr=torch.tensor(lr), foreach=True)
+    opt = getattr(optim, name)([p], lr=lr, foreach=True)
+    opt.param_groups[0]["lr"] = torch.tensor(lr)  # e.g. set by hand or by a scheduler
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="lr as a Tensor is not supported with foreach=True"):
+        opt.step()
+    with pytest.raises(ValueError, match="lr must be a number or a 1-element tensor"):
+        getattr(optim, name)([p], lr=torch.tensor([lr, lr]))
 
 
 def test_no_grad_no_state():
@@ -213,27 +349,91 @@ def test_no_grad_no_state():
     assert q not in opt.state and torch.equal(q.detach(), torch.ones(2))
 
 
-@settings(max_examples=25, deadline=None)
+def _adam_steps(cls, grads, lr, betas):
+    """Per-step |update| of each coordinate, for a (steps, d) float64 gradient table."""
+    p = torch.zeros(grads.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = cls([p], lr=lr, betas=betas, foreach=False)
+    path = torch.empty(len(grads) + 1, grads.shape[1], dtype=torch.float64)
+    path[0] = 0.0
+    for t, gr in enumerate(grads):
+        p.grad = gr.clone()
+        opt.step()
+        path[t + 1] = p.detach()
+    return path
+
+
+def _hard_gradients(steps, scale, seed, b1, b2):
+    """Columns: heavy-tailed noise over 12 decades; zeros then one gradient (then zeros);
+    zeros then geometric growth by beta2/beta1 per step (the sequence that attains the bound);
+    a random growth rate; a steady gradient with one spike."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(steps, 5, dtype=torch.float64)
+    out[:, 0] = scale * torch.randn(steps, generator=g, dtype=torch.float64) ** 3 \
+        * 10.0 ** torch.empty(steps, dtype=torch.float64).uniform_(-6, 6, generator=g)
+    calm = int(torch.randint(1, steps - 200, (1,), generator=g))
+    out[calm, 1] = scale
+    k = torch.arange(steps - calm, dtype=torch.float64).clamp(max=150)
+    rate = min(b2 / max(b1, 1e-3), 1.5)
+    out[calm:, 2] = scale * 1e-6 * rate**k
+    out[calm:, 3] = scale * 1e-6 * (1 + torch.rand(1, generator=g, dtype=torch.float64) * 0.5) ** k
+    out[:, 4] = scale * (1 + 0.3 * torch.randn(steps, generator=g, dtype=torch.float64))
+    out[calm, 4] *= 100
+    return out
+
+
+@settings(max_examples=12, deadline=None)
 @given(lr=st.floats(1e-4, 1.0), scale=st.floats(1e-6, 1e6), b1=st.floats(0.0, 0.99),
        b2=st.floats(0.9, 0.9999), seed=st.integers(0, 2**16))
 def test_adam_per_coordinate_step_bound(lr, scale, b1, b2, seed):
-    """Exact per-coordinate bound (Cauchy-Schwarz on the moment sums), for any gradients:
-    |step_t| <= lr (1-b1)/sqrt(1-b2) * sqrt(sum_{k<t} (b1^2/b2)^k) * sqrt(1-b2^t)/(1-b1^t),
-    which is exactly lr at t = 1 (Kingma & Ba's Sec. 2.1 bounds are its approximate form).
-    eps only shrinks the step."""
-    g = torch.Generator().manual_seed(seed)
-    p = torch.zeros(20, dtype=torch.float64, requires_grad=True)
-    opt = optim.Adam([p], lr=lr, betas=(b1, b2))
-    gamma = b1**2 / b2
-    for t in range(1, 16):
-        before = p.detach().clone()
-        p.grad = scale * torch.randn(20, generator=g, dtype=torch.float64) ** 3
-        opt.step()
-        s_t = sum(gamma**k for k in range(t))
-        bound = lr * (1 - b1) / (1 - b2) ** 0.5 * s_t**0.5 * (1 - b2**t) ** 0.5 / (1 - b1**t)
-        assert (p.detach() - before).abs().max().item() <= bound * (1 + 1e-9)
-        if t == 1:
-            assert bound == pytest.approx(lr)
+    """Over 2,000 steps of hard gradient sequences (long calm stretches, then a spike or
+    geometric growth), every coordinate's step stays within lr * adam_step_bound(t, betas),
+    and gradlab's Adam takes the same steps as torch.optim.Adam on these sequences."""
+    steps = 2_000
+    grads = _hard_gradients(steps, scale, seed, b1, b2)
+    path = _adam_steps(optim.Adam, grads, lr, (b1, b2))
+    ref = _adam_steps(torch.optim.Adam, grads, lr, (b1, b2))
+    torch.testing.assert_close(path, ref, rtol=1e-9, atol=1e-9 * lr)
+    step = (path[1:] - path[:-1]).abs().max(dim=1).values / lr
+    bound = torch.tensor([optim.adam_step_bound(t, (b1, b2)) for t in range(1, steps + 1)],
+                         dtype=torch.float64)
+    assert bool((step <= bound * (1 + 1e-9)).all()), (step / bound).max()
+
+
+def test_adam_step_bound_values():
+    """Closed form against a direct sum; exactly 1 at t = 1; the limit for long runs."""
+    for b1, b2 in ((0.9, 0.999), (0.5, 0.9), (0.0, 0.99), (0.99, 0.9)):
+        gamma = b1**2 / b2
+        for t in (1, 2, 10, 500):
+            direct = (1 - b1) / math.sqrt(1 - b2) * math.sqrt(math.fsum(gamma**k for k in range(t))) \
+                * math.sqrt(1 - b2**t) / (1 - b1**t)
+            assert optim.adam_step_bound(t, (b1, b2)) == pytest.approx(direct, rel=1e-12)
+        assert optim.adam_step_bound(1, (b1, b2)) == pytest.approx(1.0)
+    assert optim.adam_step_bound(math.inf) == pytest.approx(0.1 / math.sqrt(0.001 * (1 - 0.81 / 0.999)))
+    assert 7.2 < optim.adam_step_bound(math.inf) < 7.3
+    assert optim.adam_step_bound(10**6) == pytest.approx(optim.adam_step_bound(math.inf))
+    assert optim.adam_step_bound(math.inf, (0.99, 0.9)) == math.inf  # beta1^2 >= beta2: no limit
+    assert optim.adam_step_bound(5, (0.0, 0.0)) == 1.0
+    with pytest.raises(ValueError, match="step must be a step number >= 1"):
+        optim.adam_step_bound(0)
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\)"):
+        optim.adam_step_bound(3, (0.9, 1.0))
+
+
+def test_adam_step_bound_is_attained_and_isolated_gradient():
+    """After 5,000 zero gradients: one gradient gives a step of (1-beta1)/sqrt(1-beta2) lr
+    (3.16 lr); 100 gradients growing by beta2/beta1 per step reach the bound (about 7.25 lr)."""
+    b1, b2 = 0.9, 0.999
+    calm = 5_000
+    grads = torch.zeros(calm + 100, 2, dtype=torch.float64)
+    grads[calm, 0] = 1.0
+    grads[calm:, 1] = (b2 / b1) ** torch.arange(100, dtype=torch.float64)
+    path = _adam_steps(optim.Adam, grads, 1.0, (b1, b2))
+    steps = (path[1:] - path[:-1]).abs()
+    t = calm + 1
+    assert steps[calm, 0].item() == pytest.approx(0.1 / math.sqrt(0.001) * math.sqrt(1 - b2**t) / (1 - b1**t),
+                                                  rel=1e-6)
+    assert steps[-1, 1].item() == pytest.approx(optim.adam_step_bound(calm + 100), rel=1e-6)
+    assert steps[-1, 1].item() > 7.2
 
 
 @settings(max_examples=25, deadline=None)
@@ -269,7 +469,7 @@ def test_sgd_quadratic_stability_limit(lam, ratio):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name,kwargs", [(n, kws[-1]) for n, kws in CASES.items()])
+@pytest.mark.parametrize("name,kwargs", list(FULL.items()))
 @pytest.mark.parametrize("foreach", [False, True])
 def test_cuda_matches_torch(name, kwargs, foreach):
     for dtype in (torch.float32, torch.float64):
@@ -279,14 +479,19 @@ def test_cuda_matches_torch(name, kwargs, foreach):
 
 
 def test_cases_cover_every_option():
-    """Every boolean option of each optimizer is exercised as True somewhere in CASES."""
-    flags = {"SGD": ["nesterov", "maximize"], "Adagrad": ["maximize"],
-             "RMSprop": ["centered", "maximize"], "Adam": ["amsgrad", "maximize", "decoupled_weight_decay"],
-             "AdamW": ["amsgrad", "maximize"]}
+    """Every pair of options of each optimizer is exercised together (switched on) in CASES."""
+    flags = {"SGD": ["momentum", "dampening", "nesterov", "weight_decay", "maximize"],
+             "Adagrad": ["lr_decay", "weight_decay", "initial_accumulator_value", "maximize"],
+             "RMSprop": ["centered", "momentum", "weight_decay", "maximize"],
+             "Adam": ["amsgrad", "weight_decay", "decoupled_weight_decay", "maximize"],
+             "AdamW": ["amsgrad", "weight_decay", "maximize"]}
     for name, fl in flags.items():
-        for f in fl:
-            assert any(kw.get(f) for kw in CASES[name]), (name, f)
-    assert list(itertools.chain(CASES)) == ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+        for f1, f2 in itertools.combinations(fl, 2):
+            if {f1, f2} == {"dampening", "nesterov"}:
+                continue  # not allowed together
+            assert any(kw.get(f1) and kw.get(f2) for kw in CASES[name]), (name, f1, f2)
+        assert CASES[name][-1] or name == "Adagrad"  # and one case with other values
+    assert list(CASES) == list(FULL) == ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
 
 def test_check_adam_step_accepts_adam_and_explains_mistakes():
@@ -309,3 +514,15 @@ def test_check_adam_step_accepts_adam_and_explains_mistakes():
     result = check_adam_step(no_bias_correction)
     assert not result.passed and "bias correction" in result.message
     assert "not written yet" in check_adam_step(not_written).message
+
+
+def test_check_adam_step_rejects_in_place_updates():
+    from gradlab.checks import check_adam_step
+
+    def in_place(p, g, m, v, t, lr, b1, b2, eps):
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        return p - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps), m, v
+
+    result = check_adam_step(in_place)
+    assert not result.passed and "changed its input(s) m, v in place" in result.message
