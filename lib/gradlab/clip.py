@@ -337,6 +337,9 @@ class FlatGradients:
     so nothing is lost, but the first backward after it allocates.
     """
 
+    #: entries per chunk of the norm's reduction (see :meth:`norm`)
+    CHUNK = 2**16
+
     def __init__(self, parameters: _Params) -> None:
         params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
         self.params = [p for p in params if p.requires_grad]
@@ -382,8 +385,17 @@ class FlatGradients:
         norm_type = _check_norm_type(norm_type)
         self.bind_()
         first = self._slot[0][0][0]
-        norms = [torch.linalg.vector_norm(buf, norm_type).to(first) for buf in self.buffers.values()]
-        return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        norms = []
+        for (device, _), buf in self.buffers.items():
+            # In chunks: one float32 reduction over millions of entries can lose digits
+            # (a relative error of 6e-4 at 2**24 entries with torch 2.13 on a CPU); the
+            # chunks' norms, combined, are as accurate as torch's per-tensor path.
+            chunks = list(buf.split(self.CHUNK))
+            if _use_foreach(None, device):
+                norms.extend(n.to(first) for n in torch._foreach_norm(chunks, norm_type))
+            else:
+                norms.extend(torch.linalg.vector_norm(c, norm_type).to(first) for c in chunks)
+        return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
     def clip_norm_(self, max_norm: float, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False) -> torch.Tensor:

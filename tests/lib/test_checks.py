@@ -123,7 +123,7 @@ FUNCTION_CHECKERS = [checks.check_global_grad_norm, checks.check_jacobian_produc
                      checks.check_clip_grad_norm, checks.check_power_iteration,
                      checks.check_error_feedback, checks.check_top_singular,
                      checks.check_soft_threshold, checks.check_adam_step,
-                     checks.check_warmup, checks.check_spike_guard]
+                     checks.check_warmup, checks.check_spike_guard, checks.check_payload_bytes]
 
 
 @pytest.mark.parametrize("checker", FUNCTION_CHECKERS, ids=lambda c: c.__name__)

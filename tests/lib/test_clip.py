@@ -402,3 +402,16 @@ def test_foreach_true_on_a_device_without_foreach_kernels_raises_like_torch():
         clip_grad_norm_(params, 1.0, foreach=True)
     with pytest.raises(RuntimeError, match="foreach=True"):
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+
+
+def test_flat_gradients_norm_of_a_long_float32_buffer_is_accurate():
+    """One float32 reduction over millions of entries loses digits on a CPU; the flat
+    buffer's norm must stay as accurate as torch's per-tensor clip_grad_norm_."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.zeros(2**20, requires_grad=True) for _ in range(4)]
+    for p in params:
+        p.grad = torch.randn(2**20, generator=g)
+    exact = float(torch.linalg.vector_norm(torch.cat([p.grad.double() for p in params])))
+    torch_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    flat = FlatGradients(params)
+    assert abs(float(flat.norm()) / exact - 1) <= max(2 * abs(torch_norm / exact - 1), 1e-6)
