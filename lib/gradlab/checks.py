@@ -19,7 +19,8 @@ import torch
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
            "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
            "check_error_feedback", "check_top_singular", "check_soft_threshold",
-           "check_adam_step", "check_warmup", "check_spike_guard", "check_payload_bytes"]
+           "check_adam_step", "check_warmup", "check_spike_guard", "check_payload_bytes",
+           "check_unitwise_norm"]
 
 
 @dataclass(frozen=True)
@@ -595,3 +596,50 @@ def check_payload_bytes(fn: Callable) -> CheckResult:
         return CheckResult(False, f"on the case {label} you return {got:,.0f} bytes, expected {expected:,d}: {hint}")
     return CheckResult(True, f"your byte counts match gradlab.compress.payload_bytes on {len(cases)} cases, "
                              "including matrices too small to be worth compressing.")
+
+
+def check_unitwise_norm(fn: Callable) -> CheckResult:
+    """Check ``fn(x) -> norms``: AGC's norm per output unit for PyTorch's layouts
+    (``[out, in]`` linear weights, ``[out, in, kh, kw]`` convolution kernels; a
+    vector or scalar is one unit), against :func:`gradlab.clip.unitwise_norm`.
+    The result may keep the reduced dimensions (``[out, 1, ...]``) or not
+    (``[out]``), as long as it has one norm per unit."""
+    from gradlab.clip import unitwise_norm
+
+    g = torch.Generator().manual_seed(3)
+    cases = [("a Linear(5, 3) weight [3, 5]", torch.randn(3, 5, generator=g, dtype=torch.float64)),
+             ("a Conv2d(3, 4, 2) kernel [4, 3, 2, 2]", torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)),
+             ("a bias vector [7]", torch.randn(7, generator=g, dtype=torch.float64)),
+             ("a square weight [6, 6]", torch.randn(6, 6, generator=g, dtype=torch.float64))]
+    for label, x in cases:
+        expected = unitwise_norm(x)
+        got, err = _call(fn, x.clone(), where=f"on the case {label}",
+                         convert=lambda out: torch.as_tensor(out, dtype=torch.float64))
+        if err is not None:
+            return err
+        units = 1 if x.ndim <= 1 else x.shape[0]
+        if got.numel() == units and torch.allclose(got.flatten(), expected.flatten(), rtol=1e-10, atol=1e-12):
+            continue
+        if x.ndim >= 2:
+            over_dim0 = torch.linalg.vector_norm(x, dim=0)
+            if got.numel() == over_dim0.numel() and torch.allclose(got.flatten(), over_dim0.flatten()):
+                return CheckResult(False, f"on the case {label} you took the norm over dimension 0, one norm "
+                                          "per *input* (JAX's [in, out] layout). PyTorch stores [out, in, ...]: "
+                                          "a unit is a slice x[i], so reduce over every dimension except 0.")
+            if x.ndim > 2:
+                over_dim1 = torch.linalg.vector_norm(x, dim=1)
+                if got.numel() == over_dim1.numel() and torch.allclose(got.flatten(), over_dim1.flatten()):
+                    return CheckResult(False, f"on the case {label} you reduced over dimension 1 only; a "
+                                              "convolution unit's weights are x[i, :, :, :], so reduce over "
+                                              "dimensions 1, 2 and 3.")
+        if got.numel() == 1 and math.isclose(float(got), float(torch.linalg.vector_norm(x)), rel_tol=1e-10) \
+                and units > 1:
+            return CheckResult(False, f"on the case {label} you returned the norm of the whole tensor; AGC needs "
+                                      f"one norm per output unit ({units} here).")
+        if x.ndim <= 1:
+            return CheckResult(False, f"on the case {label}: a vector (a bias or a gain) counts as one unit, "
+                                      "so return its norm, one number.")
+        return CheckResult(False, f"on the case {label} you returned {got.numel()} values; expected {units}, the "
+                                  "L2 norm of each slice x[i] (compare with gradlab.clip.unitwise_norm).")
+    return CheckResult(True, "one norm per output unit for linear weights, convolution kernels and vectors, "
+                             "as gradlab.clip.unitwise_norm computes them.")

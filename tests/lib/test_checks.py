@@ -123,7 +123,8 @@ FUNCTION_CHECKERS = [checks.check_global_grad_norm, checks.check_jacobian_produc
                      checks.check_clip_grad_norm, checks.check_power_iteration,
                      checks.check_error_feedback, checks.check_top_singular,
                      checks.check_soft_threshold, checks.check_adam_step,
-                     checks.check_warmup, checks.check_spike_guard, checks.check_payload_bytes]
+                     checks.check_warmup, checks.check_spike_guard, checks.check_payload_bytes,
+                     checks.check_unitwise_norm]
 
 
 @pytest.mark.parametrize("checker", FUNCTION_CHECKERS, ids=lambda c: c.__name__)
@@ -149,3 +150,21 @@ def test_a_checker_expecting_a_number_reports_a_vector(checker):
     result = checker(lambda *args: torch.ones(3))
     assert not result.passed
     assert "Tensor" in result.message and "shape (3,)" in result.message
+
+
+def test_unitwise_norm_checker_accepts_both_shapes_and_names_the_layout_mistake():
+    from gradlab.clip import unitwise_norm
+
+    assert checks.check_unitwise_norm(unitwise_norm).passed
+    flat = checks.check_unitwise_norm(lambda x: unitwise_norm(x).flatten())
+    assert flat.passed  # [out] instead of [out, 1]: still one norm per unit
+    jax = checks.check_unitwise_norm(lambda x: torch.linalg.vector_norm(x, dim=0) if x.ndim > 1
+                                     else torch.linalg.vector_norm(x))
+    assert not jax.passed and "dimension 0" in jax.message and "JAX" in jax.message
+    whole = checks.check_unitwise_norm(lambda x: torch.linalg.vector_norm(x))
+    assert not whole.passed and "whole tensor" in whole.message
+    dim1 = checks.check_unitwise_norm(lambda x: torch.linalg.vector_norm(x, dim=1) if x.ndim > 1
+                                      else torch.linalg.vector_norm(x))
+    assert not dim1.passed and "dimensions 1, 2 and 3" in dim1.message
+    per_entry = checks.check_unitwise_norm(lambda x: x.abs())
+    assert not per_entry.passed and "expected 3" in per_entry.message
