@@ -318,7 +318,8 @@ class FlatGradients:
     Clipping by the global norm is then two passes over one long array: one
     reduction for the norm and one in-place multiply, 12 bytes of memory traffic
     per float32 gradient, with no per-tensor kernels and no list of per-tensor
-    norms. No implementation can do with fewer passes, because the scale depends
+    norms. No standalone clipping step can do with fewer passes (a fused optimizer
+    can fold the scale into its update instead), because the scale depends
     on the norm of *all* gradients. DDP's ``gradient_as_bucket_view=True`` uses
     the same trick for its buckets.
 

@@ -416,9 +416,12 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     params = bucket.parameters()
     r = state.matrix_approximation_rank
     plain = [g for g in grads if not should_compress(g.shape, r, state.min_compression_rate)]
+    plain_finite = True
     if plain:
         flat = torch.cat([g.reshape(-1) for g in plain])
         state._allreduce(flat, group).div_(world)
+        # the reduced sum: an inf or NaN in any worker's vectors shows here on every worker alike
+        plain_finite = bool(torch.isfinite(flat).all())
         offset = 0
         for g in plain:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -427,10 +430,16 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     if pairs:
         keys, mats = zip(*pairs)
         skipped = state.compressor.skipped
-        approx = state.compressor.compress_many(keys, mats, lambda t: state._allreduce(t, group), world)
+        allreduce = lambda t: state._allreduce(t, group)  # noqa: E731
+        if plain_finite:
+            approx = state.compressor.compress_many(keys, mats, allreduce, world)
+        else:  # a non-finite bias on some worker: the step will be skipped, so keep the state as it is
+            approx = state.compressor._pass_through(keys, mats, allreduce, world)
         state._skipped_this_step |= state.compressor.skipped > skipped
         for g, a in zip(mats, approx):
             g.copy_(a)
+    elif not plain_finite:
+        state._skipped_this_step = True
     if bucket.is_last():
         state.iter += 1
         state.steps += 1

@@ -72,9 +72,12 @@ def _check_unsupported(**flags: Any) -> None:
                 f"of the same name for {name}, or leave {name} at its default")
 
 
-def _use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
+def _use_foreach(foreach: bool | None, params: list[torch.Tensor],
+                 lr: float | torch.Tensor | None = None) -> bool:
     if foreach is None:
-        return bool(params) and all(p.device.type == "cuda" for p in params)
+        # as torch.optim: the default never picks the foreach path for a tensor lr
+        return (bool(params) and all(p.device.type == "cuda" for p in params)
+                and not isinstance(lr, torch.Tensor))
     return bool(foreach)
 
 
@@ -181,7 +184,7 @@ class SGD(Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 bufs.append(self.state[p].get("momentum_buffer"))
-            use_foreach = _use_foreach(group["foreach"], params)
+            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
             fn = _sgd_foreach if use_foreach else _sgd_single
             fn(params, grads, bufs, lr=_lr_for_step(group["lr"], use_foreach), momentum=group["momentum"],
                dampening=group["dampening"], weight_decay=group["weight_decay"],
@@ -291,7 +294,7 @@ class Adagrad(Optimizer):
                 grads.append(_real(p.grad))
                 sums.append(_real(st["sum"]))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params)
+            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
             fn = _adagrad_foreach if use_foreach else _adagrad_single
             fn(params, grads, sums, steps, lr=_lr_for_step(group["lr"], use_foreach), lr_decay=group["lr_decay"],
                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
@@ -379,7 +382,7 @@ class RMSprop(Optimizer):
                 gavg.append(_real(st.get("grad_avg")))
                 bufs.append(_real(st.get("momentum_buffer")))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params)
+            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
             fn = _rmsprop_foreach if use_foreach else _rmsprop_single
             fn(params, grads, sq, gavg, bufs, steps, lr=_lr_for_step(group["lr"], use_foreach), alpha=group["alpha"],
                eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
@@ -506,7 +509,7 @@ class Adam(Optimizer):
                 vs.append(_real(st["exp_avg_sq"]))
                 vmax.append(_real(st.get("max_exp_avg_sq")))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params)
+            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
             fn = _adam_foreach if use_foreach else _adam_single
             beta1, beta2 = group["betas"]
             fn(params, grads, ms, vs, vmax, steps, lr=_lr_for_step(group["lr"], use_foreach), beta1=beta1, beta2=beta2,

@@ -345,6 +345,55 @@ def test_hook_clips_and_passes_a_nonfinite_bucket_through(one_process_group):
     assert torch.isfinite(out).all() and math.isfinite(state.error_norm()) and state.compressed_steps == 4
 
 
+def test_hook_output_is_the_compressors_approximation(one_process_group):
+    """In a 1-process group the hook must return exactly what PowerSGD.compress_many computes for the
+    matrices (with the same state: warm start and error feedback over several steps) and the
+    vectors unchanged (the mean over one worker)."""
+    from gradlab.compress import powerSGD_hook
+
+    params = [torch.zeros(16, 12), torch.zeros(12), torch.zeros(10, 16)]
+    state = PowerSGDState(matrix_approximation_rank=2, start_powerSGD_iter=0, random_seed=3)
+    twin = copy.deepcopy(state.compressor)
+    for step in range(3):
+        grads = [randn(*p.shape, dtype=torch.float32, seed=10 * step + i) for i, p in enumerate(params)]
+        out = powerSGD_hook(state, _Bucket(params, [g.clone() for g in grads])).wait()
+        mats = [(id(p), g) for p, g in zip(params, grads) if g.ndim == 2]
+        expected = twin.compress_many([k for k, _ in mats], [g for _, g in mats])
+        sizes = [g.numel() for g in grads]
+        parts = out.split(sizes)
+        torch.testing.assert_close(parts[0].view(16, 12), expected[0])
+        torch.testing.assert_close(parts[1], grads[1])
+        torch.testing.assert_close(parts[2].view(10, 16), expected[1])
+        assert not torch.allclose(parts[0].view(16, 12), grads[0])  # rank 2 of a random 16 x 12: not exact
+    assert state.compressed_steps == 3 and state.skipped_steps == 0
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_hook_treats_a_nonfinite_bias_like_a_nonfinite_matrix(one_process_group, nonfinite):
+    """An overflow only in an uncompressed vector (a bias, as under AMP) must also leave the
+    compressor's state alone (or raise): the step will be skipped, so nothing may be absorbed."""
+    from gradlab.compress import powerSGD_hook
+
+    params = [torch.zeros(16, 12), torch.zeros(12)]
+    grads = [randn(*p.shape, dtype=torch.float32, seed=i) for i, p in enumerate(params)]
+    state = PowerSGDState(matrix_approximation_rank=1, start_powerSGD_iter=0, nonfinite=nonfinite)
+    powerSGD_hook(state, _Bucket(params, grads)).wait()
+    errors = {k: e.clone() for k, e in state.compressor.errors.items()}
+    qs = {k: q.clone() for k, q in state.compressor.qs.items()}
+    spiked = [g.clone() for g in grads]
+    spiked[1][5] = math.inf  # the bias only; the matrix is finite
+    if nonfinite == "raise":
+        with pytest.raises(FloatingPointError, match="not finite"):
+            powerSGD_hook(state, _Bucket(params, spiked)).wait()
+    else:
+        out = powerSGD_hook(state, _Bucket(params, spiked)).wait()
+        assert torch.isinf(out).any()
+        torch.testing.assert_close(out[:16 * 12].view(16, 12), spiked[0])  # the matrix went through as is
+        assert state.skipped_steps == 1 and state.compressed_steps == 1
+    assert all(torch.equal(state.compressor.errors[k], e) for k, e in errors.items())
+    assert all(torch.equal(state.compressor.qs[k], q) for k, q in qs.items())
+
+
 def test_hook_without_clipping_reports_the_unclipped_norm(one_process_group):
     from gradlab.compress import powerSGD_hook
 

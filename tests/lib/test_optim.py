@@ -341,6 +341,20 @@ def test_tensor_lr(name):
         getattr(optim, name)([p], lr=torch.tensor([lr, lr]))
 
 
+def test_default_path_never_picks_foreach_for_a_tensor_lr():
+    """As torch.optim: with foreach=None, CUDA parameters use the foreach path unless lr is a
+    tensor, which only the loop path takes (no error at step())."""
+    from types import SimpleNamespace
+
+    from gradlab.optim import _use_foreach
+
+    on_cuda = [SimpleNamespace(device=torch.device("cuda"))]
+    assert _use_foreach(None, on_cuda, 0.1)
+    assert not _use_foreach(None, on_cuda, torch.tensor(0.1))
+    assert not _use_foreach(None, [torch.zeros(1)], 0.1)  # CPU: the loop
+    assert _use_foreach(True, [torch.zeros(1)], 0.1)
+
+
 def test_no_grad_no_state():
     p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
     opt = optim.Adam([p, q], lr=0.1)
