@@ -415,7 +415,8 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     grads = bucket.gradients()
     params = bucket.parameters()
     r = state.matrix_approximation_rank
-    plain = [g for g in grads if not should_compress(g.shape, r, state.min_compression_rate)]
+    compress = [should_compress(g.shape, r, state.min_compression_rate) for g in grads]
+    plain = [g for g, c in zip(grads, compress) if not c]
     plain_finite = True
     if plain:
         flat = torch.cat([g.reshape(-1) for g in plain])
@@ -426,7 +427,7 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
         for g in plain:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-    pairs = [(id(p), g) for p, g in zip(params, grads) if should_compress(g.shape, r, state.min_compression_rate)]
+    pairs = [(id(p), g) for p, g, c in zip(params, grads, compress) if c]
     if pairs:
         keys, mats = zip(*pairs)
         skipped = state.compressor.skipped
