@@ -41,10 +41,10 @@ book: $(STAMP)
 
 # Maintainers: re-execute chapters (default size, CPU) and store outputs in the paired .ipynb.
 notebooks: $(STAMP)
-	$(BIN)/python tests/notebooks/nbtools.py execute
+	$(BIN)/python tools/nbtools.py execute
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests benchmarks chapters
+	$(BIN)/ruff check lib tests tools benchmarks chapters
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/lib -q
@@ -67,11 +67,11 @@ bench: $(STAMP)
 
 # nbval itself on the stored notebooks (re-executes them; `make test` reuses the book's execution).
 nbval: $(STAMP)
-	$(BIN)/python -m pytest --nbval chapters/*.ipynb --nbval-sanitize-with tests/notebooks/sanitize.cfg -p no:randomly -q
+	$(BIN)/python -m pytest --nbval chapters/*.ipynb --nbval-sanitize-with tools/sanitize.cfg -q
 
 clean:
 	rm -rf _build
 
 # Instructors: solution-free notebooks (exercises and their stubs kept) in _build/student/.
 student: $(STAMP)
-	$(BIN)/python tests/notebooks/nbtools.py student
+	$(BIN)/python tools/nbtools.py student

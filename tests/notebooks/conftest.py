@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.notebooks.nbtools import CHAPTERS, ROOT, chapter_sources
+from tools.nbtools import CHAPTERS, ROOT, chapter_sources
 
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"

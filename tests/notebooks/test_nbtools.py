@@ -4,7 +4,7 @@ import copy
 
 import nbformat
 
-from tests.notebooks.nbtools import compare
+from tools.nbtools import compare
 
 
 def _nb(*cells):

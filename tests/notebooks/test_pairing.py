@@ -93,4 +93,4 @@ def test_stored_benchmark_page_lists_every_stored_result():
     assert match, "a2_benchmarks.ipynb has no executed listing of the results: run `make notebooks`"
     assert int(match.group(1)) == len(stored), (
         f"a2_benchmarks.ipynb lists {match.group(1)} result files, benchmarks/results holds {len(stored)}: "
-        "re-execute it (python tests/notebooks/nbtools.py execute chapters/a2_benchmarks.md)")
+        "re-execute it (python tools/nbtools.py execute chapters/a2_benchmarks.md)")

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from tests.notebooks.conftest import BUILD, chapter_sources
-from tests.notebooks.nbtools import compare
+from tools.nbtools import compare
 
 SOURCES = chapter_sources()
 

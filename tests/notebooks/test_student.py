@@ -8,7 +8,7 @@ import jupytext
 import pytest
 
 from tests.notebooks.conftest import BUILD, CHAPTERS, chapter_sources
-from tests.notebooks.nbtools import student_version
+from tools.nbtools import student_version
 
 SOURCES = [p for p in chapter_sources() if re.match(r"\d\d_", p.stem)]  # chapters with exercises
 

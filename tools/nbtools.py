@@ -1,11 +1,11 @@
 """Chapter tooling shared by the Makefile and the notebook tests.
 
-    python tests/notebooks/nbtools.py execute chapters/01_exploding.md [...]
+    python tools/nbtools.py execute chapters/01_exploding.md [...]
         execute each chapter's MyST source at its default size and write the
         paired .ipynb with outputs (what Colab opens and the regression compares);
-    python tests/notebooks/nbtools.py compare EXECUTED.ipynb STORED.ipynb
+    python tools/nbtools.py compare EXECUTED.ipynb STORED.ipynb
         compare the outputs of two executions with nbval's rules;
-    python tests/notebooks/nbtools.py student
+    python tools/nbtools.py student
         write solution-free notebooks to _build/student/ (exercises kept).
 
 Comparison rules follow nbval: a code cell tagged ``nbval-ignore-output`` is
@@ -24,7 +24,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 SANITIZE = Path(__file__).with_name("sanitize.cfg")
 IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
