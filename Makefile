@@ -2,8 +2,10 @@
 #   make book    set up the environment and build the book (executes every chapter)
 #   make test    set up the environment and run every test (what CI runs)
 #   make bench   run the benchmarks, write JSON under benchmarks/results/<device>/
-# Other targets: notebooks (re-execute chapters into their .ipynb), quick, nbval,
-# lint, student, clean.
+#   make robust  re-execute every chapter at its default size with seed=1 and 2 threads
+#                (only the chapters' asserts judge it; part of make test)
+# Other targets: notebooks (re-execute chapters into their .ipynb), nbval, lint,
+# unit, student, clean.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +21,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 # thread per kernel makes them 5-20x slower. Outputs are rounded to be thread-count stable.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup book notebooks test lint unit browser-deps bench nbval student clean
+.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student clean
 
 all: book
 
@@ -43,6 +45,14 @@ book: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python tools/nbtools.py execute
 
+# Claims must hold on any machine: every chapter at its default size with another
+# seed and thread count. Outputs go to _build/robust/ and are not compared with the
+# stored ones; a cell that raises (one of the chapter's asserted claims) fails it.
+ROBUST_SEEDS ?= 1
+ROBUST_THREADS ?= 2
+robust: $(STAMP)
+	$(BIN)/python tools/nbtools.py robust --seeds $(ROBUST_SEEDS) --threads $(ROBUST_THREADS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests tools benchmarks chapters
 
@@ -60,6 +70,7 @@ browser-deps:
 test: $(STAMP) browser-deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/notebooks -q -m "not book and not browser" --durations=10
 	$(MAKE) book
+	$(MAKE) robust
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/notebooks -q -m "book or browser"
 
 bench: $(STAMP)

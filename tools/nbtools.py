@@ -35,8 +35,14 @@ def chapter_sources() -> list[Path]:
     return sorted(p for p in CHAPTERS.glob("*.md") if p.read_text().startswith("---\njupytext:"))
 
 
-def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900) -> nbformat.NotebookNode:
-    """Execute a chapter (MyST .md or .ipynb) in a fresh kernel, cwd = chapters/."""
+def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900,
+            threads: int | None = None) -> nbformat.NotebookNode:
+    """Execute a chapter (MyST .md or .ipynb) in a fresh kernel, cwd = chapters/.
+
+    ``parameters`` are injected after the ``parameters`` cell, as papermill does;
+    ``threads`` sets OMP_NUM_THREADS (and MKL_NUM_THREADS) for the kernel."""
+    import os
+
     from nbclient import NotebookClient
 
     nb = jupytext.read(source)
@@ -45,10 +51,61 @@ def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900)
         idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
         nb.cells.insert(idx + 1, cell)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(source.parent)}})
-    client.execute()
+    env = {}
+    if threads is not None:
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(source.parent)}})
+        client.execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return nb
+
+
+def robust(sources: list[Path], seeds: list[int], threads: list[int], out: Path) -> list[str]:
+    """Execute every source at its default size for each seed and thread count.
+
+    Executed notebooks go to ``out`` (also the failing ones, up to the failing
+    cell), with a JSON record of times and outcomes; returns the failures as
+    messages. Only the chapters' own asserts judge these runs: their outputs are
+    not compared with the stored ones."""
+    import json
+
+    from nbclient.exceptions import CellExecutionError
+
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "robust.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    failures = []
+    for src in sources:
+        for seed in seeds:
+            for n in threads:
+                name = f"{src.stem}-seed{seed}-threads{n}"
+                t0 = time.perf_counter()
+                error = None
+                nb = None
+                try:
+                    nb = execute(src.resolve(), parameters={"seed": seed}, threads=n)
+                except CellExecutionError as exc:
+                    error = str(exc).strip().splitlines()[-1][:500]
+                    nb = getattr(exc, "nb", None)
+                elapsed = time.perf_counter() - t0
+                if nb is not None:
+                    nbformat.write(nb, out / f"{name}.ipynb")
+                record[name] = {"seconds": round(elapsed, 1), "passed": error is None, "error": error}
+                record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+                print(f"{name}: {'passed' if error is None else 'FAILED'} in {elapsed:.1f} s"
+                      + (f"\n  {error}" if error else ""), flush=True)
+                if error:
+                    failures.append(f"{name}: {error}")
+    return failures
 
 
 def write_paired(source: Path, executed: nbformat.NotebookNode) -> Path:
@@ -164,26 +221,45 @@ def compare(executed: nbformat.NotebookNode, stored: nbformat.NotebookNode,
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "student":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tools/nbtools.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("student")
+    p_exec = sub.add_parser("execute")
+    p_exec.add_argument("sources", nargs="*", type=Path)
+    p_rob = sub.add_parser("robust")
+    p_rob.add_argument("sources", nargs="*", type=Path)
+    p_rob.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p_rob.add_argument("--threads", type=int, nargs="+", default=[2])
+    p_rob.add_argument("--out", type=Path, default=ROOT / "_build" / "robust")
+    p_cmp = sub.add_parser("compare")
+    p_cmp.add_argument("executed", type=Path)
+    p_cmp.add_argument("stored", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "student":
         out = ROOT / "_build" / "student"
         out.mkdir(parents=True, exist_ok=True)
         for src in chapter_sources():
             jupytext.write(student_version(src), out / f"{src.stem}.ipynb", fmt="ipynb")
             print(f"{src.relative_to(ROOT)} -> {(out / src.stem).relative_to(ROOT)}.ipynb")
         return 0
-    if not argv or argv[0] not in ("execute", "compare"):
-        print(__doc__)
-        return 2
-    if argv[0] == "execute":
-        sources = [Path(a) for a in argv[1:]] or chapter_sources()
-        for src in sources:
+    if args.command == "execute":
+        for src in args.sources or chapter_sources():
             t0 = time.perf_counter()
             nb = execute(src.resolve())
             target = write_paired(src.resolve(), nb)
             print(f"{src}: executed in {time.perf_counter() - t0:.1f} s -> {target.relative_to(ROOT)}")
         return 0
-    executed, stored = (nbformat.read(p, as_version=4) for p in argv[1:3])
-    problems = compare(executed, stored, executed_by_myst_nb="jupyter_execute" in argv[1])
+    if args.command == "robust":
+        failures = robust(args.sources or chapter_sources(), args.seeds, args.threads, args.out)
+        if failures:
+            print(f"\n{len(failures)} run(s) failed:\n" + "\n".join(failures))
+        return 1 if failures else 0
+    executed, stored = (nbformat.read(p, as_version=4) for p in (args.executed, args.stored))
+    problems = compare(executed, stored, executed_by_myst_nb="jupyter_execute" in str(args.executed))
     print("\n".join(problems) or "same outputs")
     return 1 if problems else 0
 
