@@ -547,3 +547,70 @@ def test_check_top_singular_accepts_reference_and_diagnoses_slips():
     result = check_top_singular(squared)
     assert not result and "sigma_max^2" in result.message
     assert "not written yet" in check_top_singular(lambda W, v, n: (_ for _ in ()).throw(NotImplementedError)).message
+
+
+# --------------------------------------------------------------------------- Hessian
+
+def _mlp_loss(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(32, 5, generator=g, dtype=dtype)
+    y = torch.randn(32, 1, generator=g, dtype=dtype)
+    W1 = (torch.randn(5, 8, generator=g, dtype=dtype) * 0.7).requires_grad_()
+    W2 = (torch.randn(8, 1, generator=g, dtype=dtype) * 0.7).requires_grad_()
+
+    def loss_fn(a=W1, b=W2):
+        return ((torch.tanh(X @ a) @ b - y) ** 2).mean()
+
+    return loss_fn, [W1, W2]
+
+
+def _dense_hessian(loss_fn, params):
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(theta):
+        parts = torch.split(theta, sizes)
+        return loss_fn(*[x.reshape(s) for x, s in zip(parts, shapes)])
+
+    theta = torch.cat([p.detach().reshape(-1) for p in params])
+    return torch.autograd.functional.hessian(flat_loss, theta)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hessian_eig_matches_dense_eigendecomposition(seed):
+    loss_fn, params = _mlp_loss(seed)
+    H = _dense_hessian(loss_fn, params)
+    evals = torch.linalg.eigvalsh(H)
+    top = evals[evals.abs().argmax()].item()
+    res = sp.hessian_eig(loss_fn, params, num_iters=2000, tol=1e-12,
+                         generator=torch.Generator().manual_seed(seed))
+    assert res.converged
+    assert res.eigenvalue == pytest.approx(top, rel=1e-6)
+    v = torch.cat([x.reshape(-1) for x in res.vectors])
+    assert torch.allclose(H @ v, top * v, atol=1e-4 * abs(top))
+    assert all(p.grad is None for p in params)
+
+
+def test_hessian_eig_negative_dominant_and_quadratic():
+    # a quadratic 0.5 x^T A x has Hessian A everywhere: the dominant eigenvalue is -5
+    A = torch.diag(torch.tensor([1.0, -5.0, 2.0], dtype=torch.float64))
+    x = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    res = sp.hessian_eig(lambda: 0.5 * x @ A @ x, [x], num_iters=500, tol=1e-12,
+                         generator=torch.Generator().manual_seed(0))
+    assert res.eigenvalue == pytest.approx(-5.0, rel=1e-8)
+    # a linear loss has a zero Hessian
+    assert sp.hessian_eig(lambda: (x * 2).sum(), [x]).eigenvalue == 0.0
+
+
+def test_hessian_eig_bad_input():
+    x = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="params must hold"):
+        sp.hessian_eig(lambda: x.sum(), [])
+    with pytest.raises(ValueError, match=r"params\[0\].*requires_grad"):
+        sp.hessian_eig(lambda: x.sum(), [torch.ones(3)])
+    with pytest.raises(ValueError, match="scalar"):
+        sp.hessian_eig(lambda: x * 2, [x])
+    with pytest.raises(ValueError, match="num_iters must be >= 1"):
+        sp.hessian_eig(lambda: (x ** 2).sum(), [x], num_iters=0)
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        sp.hessian_eig(lambda: (x ** 2).sum(), [x], tol=0.0)
