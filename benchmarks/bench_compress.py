@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import cli, load_results, time_it, write_results  # noqa: E402
 
-from gradlab.compress import GaLoreAdamW, PowerSGD, optimizer_state_bytes  # noqa: E402
+from gradlab.compress import PowerSGD  # noqa: E402
+from gradlab.galore import GaLoreAdamW, optimizer_state_bytes  # noqa: E402
 
 
 def compress_cases(n: int, device: torch.device, repeats: int) -> list[dict]:

@@ -14,8 +14,11 @@ plot     the book's figure style
 checks   auto-checks for the coding exercises
 clip     gradient clipping (global norm, value, AGC, adaptive threshold)
 spectral power iteration, randomized SVD, Jacobian spectra, orthogonal init
-sparse   SparseAdam, lazy optimizers, top-k/random-k with error feedback, L1
-compress PowerSGD (standalone and as a DDP hook), GaLore-style projection
+sparse   SparseAdam and the lazy optimizers for sparse gradients
+prune    sparse weights: the L1 proximal step, magnitude pruning
+compress gradient compression: top-k/random-k, error feedback, DGC, PowerSGD
+ddp      DDP communication hooks; ``python -m gradlab.ddp_train`` (the training script)
+galore   GaLore: AdamW with low-rank optimizer state
 lm       the case study: character-level LSTM/GRU/transformer and a logged training loop
 """
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["CheckResult", "check_global_grad_norm", "check_transient_growth",
-           "check_jacobian_product", "check_clip_grad_norm", "check_power_iteration",
+           "check_jacobian_product", "check_clip_grad_norm", "check_subspace_iteration_step",
            "check_error_feedback", "check_top_singular", "check_soft_threshold",
            "check_adam_step", "check_warmup", "check_spike_guard", "check_payload_bytes",
            "check_unitwise_norm"]
@@ -246,13 +246,13 @@ def check_clip_grad_norm(fn: Callable) -> CheckResult:
                              "same clipped gradients, and small gradients left alone.")
 
 
-def check_power_iteration(fn: Callable) -> CheckResult:
-    """Check ``fn(M, Q) -> (P, Q_new)``: one PowerSGD power iteration on one worker,
+def check_subspace_iteration_step(fn: Callable) -> CheckResult:
+    """Check ``fn(M, Q) -> (P, Q_new)``: one PowerSGD subspace-iteration step on one worker,
     ``P = orth(M Q)`` (orthonormal columns) and ``Q_new = M^T P``, so that
     ``P @ Q_new.T`` is the projection of ``M`` on span(M Q). The reference is
-    :func:`gradlab.compress.power_iteration`; signs and rotations of ``P`` are
+    :func:`gradlab.compress.subspace_iteration_step`; signs and rotations of ``P`` are
     allowed, so only the product ``P Q_new^T`` and ``P^T P = I`` are compared."""
-    from gradlab.compress import power_iteration
+    from gradlab.compress import subspace_iteration_step
 
     g = torch.Generator().manual_seed(11)
     cases = [(torch.randn(12, 8, generator=g, dtype=torch.float64), 2),
@@ -260,7 +260,7 @@ def check_power_iteration(fn: Callable) -> CheckResult:
              (torch.randn(9, 9, generator=g, dtype=torch.float64), 1)]
     for M, r in cases:
         Q0 = torch.randn(M.shape[1], r, generator=g, dtype=torch.float64)
-        P_ref, Q_ref = power_iteration(M, Q0)
+        P_ref, Q_ref = subspace_iteration_step(M, Q0)
         expected = P_ref @ Q_ref.T
         label = f"M of shape {tuple(M.shape)}, rank {r}"
         out, err = _call(fn, M.clone(), Q0.clone(), where=f"on the case {label}")
@@ -283,8 +283,8 @@ def check_power_iteration(fn: Callable) -> CheckResult:
             hint = "compute P from M @ Q (orthonormalised), then Q_new = M.T @ P."
         return CheckResult(False, f"on the case {label}, P @ Q_new.T is not the projection of M on "
                                   f"span(M Q) (max error {float((P @ Q.T - expected).abs().max()):.3g}): {hint}")
-    return CheckResult(True, "one power iteration: P has orthonormal columns and P @ Q_new.T = P P^T M, "
-                             "as in gradlab.compress.power_iteration.")
+    return CheckResult(True, "one subspace-iteration step: P has orthonormal columns and P @ Q_new.T = "
+                             "P P^T M, as in gradlab.compress.subspace_iteration_step.")
 
 
 def check_error_feedback(fn: Callable) -> CheckResult:
@@ -327,7 +327,7 @@ def check_error_feedback(fn: Callable) -> CheckResult:
                 hint = "sent must hold the k entries of grad + residual with the largest magnitude."
             return CheckResult(False, f"on the case '{label}': {hint}")
     return CheckResult(True, "top-k with error feedback: the k largest magnitudes of grad + residual are "
-                             "sent and the rest is kept, as in gradlab.sparse.ErrorFeedback.")
+                             "sent and the rest is kept, as in gradlab.compress.ErrorFeedback.")
 
 
 def check_top_singular(fn: Callable) -> CheckResult:
@@ -414,7 +414,7 @@ def check_soft_threshold(fn: Callable) -> CheckResult:
             hint = "the result should be sign(x) * max(|x| - tau, 0)."
         return CheckResult(False, f"on the case '{label}': {hint}")
     return CheckResult(True, "soft-thresholding shrinks every entry by tau and sets |x| <= tau to exactly 0, "
-                             "as gradlab.sparse.soft_threshold does.")
+                             "as gradlab.prune.soft_threshold does.")
 
 
 def check_adam_step(fn: Callable) -> CheckResult:

@@ -1,45 +1,217 @@
-"""Gradient compression for data-parallel training, and low-rank optimizer state.
+r"""Gradient compression for data-parallel training: sparsification and low rank.
 
-* :func:`power_iteration`: one step of subspace (power) iteration, the core of
-  PowerSGD: ``P = orth(M Q)``, ``Q' = M^T P``, so that ``P Q'^T = P P^T M`` is
+Sparsification (each worker sends a few entries of its gradient):
+
+* :class:`Compressed`, :func:`topk`, :func:`randk`: a sparsified tensor as a
+  worker would send it, and the two classic ways to choose its entries;
+* :class:`ErrorFeedback`: keep what was not sent and add it to the next
+  gradient (Seide et al. 2014; Stich, Cordonnier & Jaggi 2018; Karimireddy et
+  al. 2019);
+* :class:`DGC`: Deep Gradient Compression's momentum correction,
+  momentum-factor masking and local clipping (Lin et al. 2018).
+
+Low rank (PowerSGD; Vogels, Karimireddy & Jaggi 2019):
+
+* :func:`subspace_iteration_step`: one warm-started step of subspace (power)
+  iteration, ``P = orth(M Q)``, ``Q' = M^T P``, so that ``P Q'^T = P P^T M`` is
   the projection of ``M`` on a rank-``r`` subspace. Not an SVD: one matrix
-  product each way per training step, warm-started from the previous ``Q``.
+  product each way per training step, warm-started from the previous ``Q``;
 * :class:`PowerSGD`: the standalone compressor (rank, warm start, error
-  feedback) of Vogels, Karimireddy & Jaggi (2019), keyed by tensor name; a
-  non-finite gradient is passed through uncompressed and kept out of its state.
-* :class:`PowerSGDState` and :func:`powerSGD_hook`: the same compressor as a
-  ``DistributedDataParallel`` communication hook, with the argument names and
-  defaults of ``torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook``, plus
-  a byte counter, the error-buffer norm and optional clipping of the local
-  gradient *before* it enters the compressor.
-* :class:`CommStats` and :func:`allreduce_hook`: plain all-reduce as a hook that
-  counts the bytes it sends (the baseline).
-* :func:`payload_bytes`: bytes one worker contributes per step for plain
-  all-reduce, top-k and low-rank compression.
-* :class:`GaLoreAdamW`: AdamW whose moments live in a rank-``r`` projection of
-  each matrix gradient (Zhao et al. 2024), and :func:`optimizer_state_bytes`.
+  feedback), keyed by tensor name; a non-finite gradient is passed through
+  uncompressed and kept out of its state;
+* :func:`best_rank_r` (the truncated-SVD reference), :func:`should_compress`
+  (torch's rule for which matrices are worth it) and :func:`payload_bytes`
+  (bytes per step for all-reduce, top-k and PowerSGD).
+
+Neighbours: the DDP communication hooks and the multi-process training script
+are in :mod:`gradlab.ddp`; GaLore (low-rank optimizer *state*) in
+:mod:`gradlab.galore`; optimizers for sparse gradients in :mod:`gradlab.sparse`.
 """
 
+from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from gradlab.spectral import orthonormalize
+
 __all__ = [
-    "power_iteration",
+    "Compressed",
+    "topk",
+    "randk",
+    "ErrorFeedback",
+    "DGC",
+    "subspace_iteration_step",
     "best_rank_r",
     "should_compress",
     "PowerSGD",
-    "PowerSGDState",
-    "powerSGD_hook",
-    "CommStats",
-    "allreduce_hook",
     "payload_bytes",
-    "GaLoreAdamW",
-    "optimizer_state_bytes",
 ]
+
+# ----------------------------------------------------------------------------- sparsification
+
+
+class Compressed(NamedTuple):
+    """A sparsified tensor as a worker would send it: flat ``indices`` (int64),
+    their ``values``, and the original ``shape``."""
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    shape: torch.Size
+
+    def to_dense(self) -> torch.Tensor:
+        """The sparse message as a dense tensor of ``shape`` (zeros elsewhere)."""
+        out = torch.zeros(math.prod(self.shape), dtype=self.values.dtype, device=self.values.device)
+        out.index_put_((self.indices,), self.values, accumulate=True)
+        return out.view(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: the values plus 4-byte (int32) indices."""
+        return self.values.numel() * self.values.element_size() + 4 * self.indices.numel()
+
+
+def _check_k(k: int, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be between 0 and the number of entries {n}, got {k}")
+    return k
+
+
+def topk(x: torch.Tensor, k: int) -> Compressed:
+    r"""The ``k`` entries of ``x`` with the largest magnitude:
+    :math:`\mathrm{top}_k(x)_j = x_j` if :math:`|x_j|` is among the ``k``
+    largest, else 0. Ties are broken by ``torch.topk``. Biased: it keeps the
+    largest coordinates, which in an exploding gradient are the exploding ones.
+    """
+    flat = x.reshape(-1)
+    k = _check_k(k, flat.numel())
+    idx = torch.topk(flat.abs(), k, sorted=False).indices
+    return Compressed(idx, flat[idx], x.shape)
+
+
+def randk(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
+          scale: bool = False) -> Compressed:
+    r"""``k`` entries of ``x`` chosen uniformly without replacement. With
+    ``scale=True`` the values are multiplied by ``n/k`` so that the message is
+    an unbiased estimate of ``x`` (:math:`E[\mathrm{rand}_k(x)] = x`), at the
+    price of a variance ``n/k - 1`` times :math:`\|x\|^2`."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    k = _check_k(k, n)
+    perm = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
+    idx = perm[:k].to(flat.device)
+    values = flat[idx]
+    if scale and k > 0:
+        values = values * (n / k)
+    return Compressed(idx, values, x.shape)
+
+
+class ErrorFeedback:
+    r"""Error feedback (memory) around a compressor (Stich, Cordonnier & Jaggi 2018).
+
+    Keeps a residual :math:`e` (zeros at first). Each call with a gradient
+    :math:`g` sends :math:`c = C(g + e)` and keeps what was not sent:
+
+    .. math:: a = g + e,\qquad c = C(a),\qquad e \leftarrow a - c,
+
+    so that ``sent + new residual == gradient + old residual``: nothing is
+    lost, only delayed. ``compressor`` maps a tensor to a :class:`Compressed`
+    (e.g. ``lambda a: topk(a, k)``). One instance per tensor. A message that
+    lists an index more than once means the sum of its values there (as in
+    :meth:`Compressed.to_dense`), and the residual subtracts that sum, so the
+    invariant holds for any compressor (exactly, in floating point, when the
+    indices are distinct, as for :func:`topk` and :func:`randk`).
+    """
+
+    def __init__(self, compressor: Callable[[torch.Tensor], Compressed]) -> None:
+        if not callable(compressor):
+            raise TypeError("compressor must be callable, e.g. lambda a: topk(a, k)")
+        self.compressor = compressor
+        self.residual: torch.Tensor | None = None
+
+    def __call__(self, grad: torch.Tensor) -> Compressed:
+        """Compress ``grad`` plus the residual; update the residual; return the message."""
+        if self.residual is None:
+            self.residual = torch.zeros_like(grad)
+        elif self.residual.shape != grad.shape:
+            raise ValueError(f"gradient shape {tuple(grad.shape)} differs from the residual's "
+                             f"{tuple(self.residual.shape)}; use one ErrorFeedback per tensor")
+        acc = grad + self.residual
+        msg = self.compressor(acc)
+        if not isinstance(msg, Compressed):
+            raise TypeError(f"the compressor must return a gradlab.compress.Compressed (indices, "
+                            f"values, shape), got {type(msg).__name__}")
+        if msg.indices.shape != msg.values.shape or msg.indices.dim() != 1:
+            raise ValueError("the compressor's message needs 1-D indices and values of the same "
+                             f"length, got {tuple(msg.indices.shape)} and {tuple(msg.values.shape)}")
+        flat = acc.reshape(-1).clone()
+        # accumulate=True: a repeated index subtracts the sum of its values, as to_dense() adds it
+        flat.index_put_((msg.indices,), -msg.values.to(flat.dtype), accumulate=True)
+        self.residual = flat.view(grad.shape)
+        return msg
+
+    def reset(self) -> None:
+        """Forget the residual."""
+        self.residual = None
+
+
+class DGC:
+    r"""Deep Gradient Compression's worker side (Lin et al. 2018), for one tensor.
+
+    With momentum :math:`\mu`, velocity :math:`u` and accumulator :math:`v`
+    (both zero at first), each call with a local gradient :math:`g`:
+
+    1. local clipping (optional): :math:`g \leftarrow g\,\min(1, c/\|g\|)`
+       with :math:`c` = ``clip_norm`` (the paper uses the global threshold
+       divided by :math:`\sqrt{N}` for :math:`N` workers);
+    2. momentum correction: :math:`u \leftarrow \mu u + g`, :math:`v \leftarrow v + u`;
+    3. send :math:`\mathrm{top}_k(v)`; zero the sent entries of :math:`v` and,
+       with ``momentum_masking`` (momentum factor masking), of :math:`u`.
+
+    The receiver applies the (averaged) message as a plain SGD step
+    :math:`\theta \leftarrow \theta - \alpha\,c`: the momentum already happened
+    on the worker. Invariant: ``sent + new v == old v + new u``.
+    """
+
+    def __init__(self, k: int, momentum: float = 0.9, clip_norm: float | None = None,
+                 momentum_masking: bool = True) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
+        self.k, self.momentum, self.clip_norm = k, momentum, clip_norm
+        self.momentum_masking = momentum_masking
+        self.u: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __call__(self, grad: torch.Tensor) -> Compressed:
+        """Process one local gradient; return the top-k message."""
+        if self.u is None:
+            self.u, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
+        elif self.u.shape != grad.shape:
+            raise ValueError(f"gradient shape {tuple(grad.shape)} differs from the state's "
+                             f"{tuple(self.u.shape)}; use one DGC per tensor")
+        if self.clip_norm is not None:
+            norm = torch.linalg.vector_norm(grad)
+            grad = grad * torch.clamp(self.clip_norm / (norm + 1e-6), max=1.0)
+        self.u = self.momentum * self.u + grad
+        self.v = self.v + self.u
+        msg = topk(self.v, min(self.k, self.v.numel()))
+        self.v.view(-1)[msg.indices] = 0
+        if self.momentum_masking:
+            self.u.view(-1)[msg.indices] = 0
+        return msg
+
+
+
+# ----------------------------------------------------------------------------- low rank (PowerSGD)
 
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,15 +248,6 @@ def _as_matrix(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
-def _orthonormalize(P: torch.Tensor) -> torch.Tensor:
-    """Orthonormal columns spanning ``P``'s columns (reduced QR)."""
-    Q, R = torch.linalg.qr(P, mode="reduced")
-    # fix the signs so that the result does not depend on the QR implementation
-    signs = torch.sign(torch.diagonal(R))
-    signs[signs == 0] = 1
-    return Q * signs
-
-
 def _check_rate(min_compression_rate: float) -> float:
     if isinstance(min_compression_rate, bool) or not isinstance(min_compression_rate, (int, float)) \
             or not min_compression_rate >= 0:
@@ -101,8 +264,8 @@ def _split_like(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     return out
 
 
-def power_iteration(M: torch.Tensor, Q: torch.Tensor, allreduce: AllReduce | None = None,
-                    world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def subspace_iteration_step(M: torch.Tensor, Q: torch.Tensor, allreduce: AllReduce | None = None,
+                            world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One warm-started subspace iteration: returns ``(P, Q_new)`` with
 
     .. math:: P = \operatorname{orth}\big(\textstyle\sum_w M_w Q\big), \qquad
@@ -121,7 +284,7 @@ def power_iteration(M: torch.Tensor, Q: torch.Tensor, allreduce: AllReduce | Non
     P = M @ Q
     if allreduce is not None:
         P = allreduce(P)
-    P = _orthonormalize(P)
+    P = orthonormalize(P)
     Q_new = M.T @ P
     if allreduce is not None:
         Q_new = allreduce(Q_new)
@@ -160,7 +323,7 @@ class PowerSGD:
 
     For each tensor (by ``key``) it keeps the error ``e`` and the last ``Q``. A
     call with gradient ``g`` forms ``M = g + e``, runs one
-    :func:`power_iteration` from the previous ``Q`` (random the first time),
+    :func:`subspace_iteration_step` from the previous ``Q`` (random the first time),
     returns the approximation ``\hat M = P Q^\top`` and stores
     ``e \leftarrow M - \hat M`` (Vogels, Karimireddy & Jaggi 2019). Error
     feedback re-injects what compression dropped, so nothing is lost for good;
@@ -247,7 +410,7 @@ class PowerSGD:
         # (inf * q is inf or NaN, and sums keep it): one test, the same answer everywhere.
         if not all(bool(torch.isfinite(P).all()) for P in Ps):
             return self._pass_through(keys, grads, allreduce, world_size)
-        Ps = [_orthonormalize(P) for P in Ps]
+        Ps = [orthonormalize(P) for P in Ps]
         Qs = [M.T @ P for M, P in zip(Ms, Ps)]
         if allreduce is not None:
             Qs = _split_like(allreduce(torch.cat([Q.reshape(-1) for Q in Qs])), Qs)
@@ -289,171 +452,6 @@ class PowerSGD:
         self.qs.clear()
 
 
-@dataclass
-class CommStats:
-    """Bytes this worker passed to all-reduce (its payload per collective, summed)
-    and the number of steps seen. The wire traffic of a ring all-reduce over
-    ``N`` workers is about ``2 (N-1)/N`` times the payload per worker."""
-
-    bytes_sent: int = 0
-    steps: int = 0
-    process_group: object = None
-
-    def _allreduce(self, t: torch.Tensor, group) -> torch.Tensor:
-        import torch.distributed as dist
-
-        self.bytes_sent += t.numel() * t.element_size()
-        dist.all_reduce(t, group=group)
-        return t
-
-
-def allreduce_hook(state: CommStats, bucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP hook: plain all-reduce of the bucket, averaged, counting bytes in
-    ``state`` (what DDP does without a hook)."""
-    import torch.distributed as dist
-
-    group = state.process_group or dist.group.WORLD
-    buf = bucket.buffer()
-    if bucket.is_last():
-        state.steps += 1
-    return _allreduce_mean_fut(state, buf, group, dist.get_world_size(group))
-
-
-def _allreduce_mean_fut(state: CommStats, buf: torch.Tensor, group, world: int) -> torch.futures.Future[torch.Tensor]:
-    import torch.distributed as dist
-
-    state.bytes_sent += buf.numel() * buf.element_size()
-    fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
-    return fut.then(lambda f: f.value()[0].div_(world))
-
-
-class PowerSGDState(CommStats):
-    """State of :func:`powerSGD_hook`; argument names and defaults as in
-    ``torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook.PowerSGDState``.
-
-    Note the defaults: ``start_powerSGD_iter=1000`` all-reduces uncompressed
-    for the first 1000 steps, and ``min_compression_rate=2`` leaves any matrix
-    with ``(n + m) r * 2 >= n m`` uncompressed, so a short run of a small model
-    with the defaults never compresses anything. Unlike torch's hook, errors
-    are keyed by parameter, not by bucket, so ``start_powerSGD_iter`` may be
-    0 or 1 (torch needs >= 2 because DDP rebuilds its buckets after step 1).
-
-    Extra: ``max_norm`` clips this worker's gradient in each bucket *before*
-    the error is added and the result compressed (clip, then compress); with
-    one bucket this is the local global norm. ``bytes_sent``, ``grad_norm``
-    (this worker's gradient norm at the last step, measured after clipping) and
-    :meth:`error_norm` are for monitoring; ``error_norm() / grad_norm`` says how
-    many steps' worth of gradient the error buffer holds back.
-
-    ``nonfinite`` (``"skip"`` or ``"raise"``, see :class:`PowerSGD`): a bucket
-    with an ``inf`` or ``NaN`` on any worker is all-reduced uncompressed (so
-    ``GradScaler`` or a norm check after ``backward()`` sees it and skips the
-    step), the error buffers and ``Q`` stay as they were, and clipping leaves a
-    non-finite bucket alone (scaling by ``max_norm / inf = 0`` would turn
-    ``inf`` into ``NaN`` and hide it). ``skipped_steps`` counts such steps.
-    """
-
-    def __init__(self, process_group=None, matrix_approximation_rank: int = 1,
-                 start_powerSGD_iter: int = 1_000, min_compression_rate: float = 2,
-                 use_error_feedback: bool = True, warm_start: bool = True, random_seed: int = 0,
-                 max_norm: float | None = None, nonfinite: str = "skip") -> None:
-        super().__init__(process_group=process_group)
-        if isinstance(start_powerSGD_iter, bool) or not isinstance(start_powerSGD_iter, int) \
-                or start_powerSGD_iter < 0:
-            raise ValueError(f"start_powerSGD_iter must be an int >= 0, got {start_powerSGD_iter!r}")
-        _check_rate(min_compression_rate)
-        if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
-            raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm}")
-        self.matrix_approximation_rank = _check_rank(matrix_approximation_rank)
-        self.start_powerSGD_iter = start_powerSGD_iter
-        self.min_compression_rate = float(min_compression_rate)
-        self.max_norm = max_norm
-        self.compressor = PowerSGD(matrix_approximation_rank, warm_start=warm_start,
-                                   error_feedback=use_error_feedback, seed=random_seed, nonfinite=nonfinite)
-        self.iter = 0
-        self.compressed_steps = 0
-        self.skipped_steps = 0
-        self._skipped_this_step = False
-        self.grad_norm = 0.0  # this worker's gradient norm (after clipping) at the last step
-        self._grad_sq = 0.0
-
-    def error_norm(self) -> float:
-        return self.compressor.error_norm()
-
-
-def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook running :class:`PowerSGD` on each bucket.
-
-    Register with ``ddp_model.register_comm_hook(state, powerSGD_hook)``. For
-    the first ``state.start_powerSGD_iter`` steps it all-reduces the bucket
-    unchanged. Then, per gradient in the bucket: matrices that pass
-    :func:`should_compress` are compressed (one all-reduce of ``n r`` numbers for
-    ``P`` and one of ``m r`` for ``Q``), everything else is all-reduced as is.
-    Collectives are issued in the same order on every worker, which is what
-    DDP requires.
-    """
-    import torch.distributed as dist
-
-    group = state.process_group or dist.group.WORLD
-    world = dist.get_world_size(group)
-    buf = bucket.buffer()
-    norm = torch.linalg.vector_norm(buf).item()
-    if state.max_norm is not None and math.isfinite(norm) and norm > state.max_norm:
-        # clip the local gradient before anything else; a non-finite bucket is left as it is,
-        # for the non-finite check below and for GradScaler to see
-        buf.mul_(state.max_norm / (norm + 1e-6))
-        norm = torch.linalg.vector_norm(buf).item()
-    state._grad_sq += norm ** 2
-    if bucket.is_last():
-        state.grad_norm, state._grad_sq = math.sqrt(state._grad_sq), 0.0
-    if state.iter < state.start_powerSGD_iter:
-        if bucket.is_last():
-            state.iter += 1
-            state.steps += 1
-        return _allreduce_mean_fut(state, buf, group, world)
-
-    grads = bucket.gradients()
-    params = bucket.parameters()
-    r = state.matrix_approximation_rank
-    compress = [should_compress(g.shape, r, state.min_compression_rate) for g in grads]
-    plain = [g for g, c in zip(grads, compress) if not c]
-    plain_finite = True
-    if plain:
-        flat = torch.cat([g.reshape(-1) for g in plain])
-        state._allreduce(flat, group).div_(world)
-        # the reduced sum: an inf or NaN in any worker's vectors shows here on every worker alike
-        plain_finite = bool(torch.isfinite(flat).all())
-        offset = 0
-        for g in plain:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-    pairs = [(id(p), g) for p, g, c in zip(params, grads, compress) if c]
-    if pairs:
-        keys, mats = zip(*pairs)
-        skipped = state.compressor.skipped
-        allreduce = lambda t: state._allreduce(t, group)  # noqa: E731
-        if plain_finite:
-            approx = state.compressor.compress_many(keys, mats, allreduce, world)
-        else:  # a non-finite bias on some worker: the step will be skipped, so keep the state as it is
-            approx = state.compressor._pass_through(keys, mats, allreduce, world)
-        state._skipped_this_step |= state.compressor.skipped > skipped
-        for g, a in zip(mats, approx):
-            g.copy_(a)
-    elif not plain_finite:
-        state._skipped_this_step = True
-    if bucket.is_last():
-        state.iter += 1
-        state.steps += 1
-        if state._skipped_this_step:
-            state.skipped_steps += 1
-        else:
-            state.compressed_steps += 1
-        state._skipped_this_step = False
-    fut: torch.futures.Future = torch.futures.Future(devices=[buf.device] if buf.is_cuda else None)
-    fut.set_result(buf)
-    return fut
-
-
 def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1,
                   ratio: float = 0.01, min_compression_rate: float = 2.0, element_size: int = 4,
                   index_size: int = 4) -> int:
@@ -489,130 +487,3 @@ def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1
                 total += math.prod(s)
         return total * element_size
     raise ValueError(f"scheme must be 'allreduce', 'topk' or 'powersgd', got {scheme!r}")
-
-
-class GaLoreAdamW(torch.optim.Optimizer):
-    r"""AdamW with gradient low-rank projection (GaLore; Zhao et al. 2024).
-
-    For parameter groups with a ``rank`` entry, each matrix ``W`` (``m x n``)
-    gets a projector ``P`` from the top-``r`` singular vectors of its gradient,
-    recomputed every ``update_proj_gap`` steps. With ``m >= n`` the projection is
-    on the right, ``R = G P`` with ``P = V_r`` (``n x r``); otherwise on the left,
-    ``R = P^T G`` with ``P = U_r``. Adam's moments live in the ``r``-dimensional
-    space, and the update is projected back:
-
-    .. math:: W \leftarrow W - \eta\,\big(\alpha\, \mathrm{back}(\hat m/(\sqrt{\hat v}+\epsilon))
-              + \lambda W\big),
-
-    where ``alpha`` is ``scale``. Optimizer state per matrix: ``2 r max(m, n)`` for
-    the moments plus ``r min(m, n)`` for ``P``, against ``2 m n`` for AdamW.
-    Groups without ``rank`` (biases, norms, small layers) are plain AdamW.
-
-    Example: ``GaLoreAdamW([{"params": others}, {"params": matrices, "rank": 8,
-    "update_proj_gap": 200, "scale": 0.25}], lr=1e-3)``.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                    "rank": None, "update_proj_gap": 200, "scale": 0.25}
-        super().__init__(params, defaults)  # calls add_param_group, which checks each group
-
-    def add_param_group(self, param_group: dict) -> None:
-        """``torch.optim.Optimizer.add_param_group`` plus GaLore's checks (the
-        constructor's groups go through here too): a group with ``rank`` holds
-        only matrices of at least that rank, ``update_proj_gap`` is an int >= 1
-        and ``scale`` a finite number > 0."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            self._check_group(group)
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
-
-    @staticmethod
-    def _check_group(group: dict) -> None:
-        if group["rank"] is None:
-            return
-        rank = _check_rank(group["rank"])
-        gap = group["update_proj_gap"]
-        if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
-            raise ValueError(f"update_proj_gap must be an int >= 1, got {gap!r}")
-        scale = group["scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite number > 0 (the paper uses 0.25), got {scale!r}")
-        for p in group["params"]:
-            if p.dim() != 2:
-                raise ValueError(f"GaLore projects matrices; a parameter of shape {tuple(p.shape)} is in "
-                                 "a group with 'rank'. Put vectors (biases, norms) in a group without it")
-            if rank > min(p.shape):
-                raise ValueError(f"rank {rank} is impossible for a {p.shape[0]} x {p.shape[1]} matrix; "
-                                 f"use at most {min(p.shape)} (and much less to save memory)")
-
-    @staticmethod
-    def _projector(grad: torch.Tensor, rank: int) -> torch.Tensor:
-        low_precision = grad.dtype not in (torch.float32, torch.float64)
-        U, _, Vh = torch.linalg.svd(grad.float() if low_precision else grad, full_matrices=False)
-        if grad.shape[0] >= grad.shape[1]:
-            return Vh[:rank].T.to(grad.dtype).contiguous()  # n x r, right
-        return U[:, :rank].to(grad.dtype).contiguous()  # m x r, left
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("GaLoreAdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                right = p.dim() == 2 and p.shape[0] >= p.shape[1]
-                if group["rank"] is not None:
-                    if state["step"] % group["update_proj_gap"] == 0:
-                        state["projector"] = self._projector(grad, group["rank"])
-                    P = state["projector"]
-                    grad = grad @ P if right else P.T @ grad
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(grad)
-                    state["exp_avg_sq"] = torch.zeros_like(grad)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
-                update = (m / (1 - beta1 ** t)) / denom
-                if group["rank"] is not None:
-                    P = state["projector"]
-                    update = group["scale"] * (update @ P.T if right else P @ update)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
-        return loss
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held by the tensors in ``optimizer.state`` (moments, projectors;
-    scalar step counters included when they are tensors)."""
-    total = 0
-    for st in optimizer.state.values():
-        for v in st.values():
-            if isinstance(v, torch.Tensor):
-                total += v.numel() * v.element_size()
-    return total

@@ -1,4 +1,4 @@
-"""Sparse gradients and sparse updates: optimizers, compressors, proximal steps.
+"""Sparse gradients and sparse updates: the optimizers of the sparse chapter.
 
 * :class:`SparseAdam`: a drop-in for :class:`torch.optim.SparseAdam` (same
   arguments, same results), implemented row-wise with gathers and
@@ -8,12 +8,11 @@
   per row, so every row behaves as an independent Adam over its own gradients;
   with ``catch_up=True`` it instead applies the decays a row missed, so that
   its moments equal dense Adam's whenever the row is touched.
-* :func:`topk`, :func:`randk` and :class:`ErrorFeedback`: gradient
-  sparsification for communication with error feedback (Stich, Cordonnier &
-  Jaggi 2018), and :class:`DGC`, Deep Gradient Compression's momentum
-  correction, momentum-factor masking and local clipping (Lin et al. 2018).
-* :func:`soft_threshold`, :func:`prox_l1_`: the proximal step of the L1
-  penalty (ISTA), and :func:`magnitude_prune_`, global magnitude pruning.
+* :func:`density`: the fraction of stored (or non-zero) entries.
+
+Neighbours: sparsifying gradients for communication (top-k, random-k, error
+feedback, DGC) lives in :mod:`gradlab.compress`, with PowerSGD; sparse
+*weights* (the L1 proximal step, magnitude pruning) in :mod:`gradlab.prune`.
 
 Sparse gradients must have the sparse COO layout (what
 ``nn.Embedding(sparse=True)`` produces); the lazy optimizers also accept dense
@@ -26,8 +25,7 @@ and CUDA tensors, in float32 and float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable
 
 import torch
 
@@ -35,14 +33,6 @@ __all__ = [
     "SparseAdam",
     "LazyAdam",
     "LazySGD",
-    "Compressed",
-    "topk",
-    "randk",
-    "ErrorFeedback",
-    "DGC",
-    "soft_threshold",
-    "prox_l1_",
-    "magnitude_prune_",
     "density",
 ]
 
@@ -409,212 +399,3 @@ class LazySGD(torch.optim.Optimizer):
                     d = d.add(b, alpha=mu) if nesterov else b
                 rows.scatter_(p, old.add(d, alpha=-lr))
         return loss
-
-
-# ----------------------------------------------------------------------------- compression
-
-
-class Compressed(NamedTuple):
-    """A sparsified tensor as a worker would send it: flat ``indices`` (int64),
-    their ``values``, and the original ``shape``."""
-
-    indices: torch.Tensor
-    values: torch.Tensor
-    shape: torch.Size
-
-    def to_dense(self) -> torch.Tensor:
-        """The sparse message as a dense tensor of ``shape`` (zeros elsewhere)."""
-        out = torch.zeros(math.prod(self.shape), dtype=self.values.dtype, device=self.values.device)
-        out.index_put_((self.indices,), self.values, accumulate=True)
-        return out.view(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes on the wire: the values plus 4-byte (int32) indices."""
-        return self.values.numel() * self.values.element_size() + 4 * self.indices.numel()
-
-
-def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be between 0 and the number of entries {n}, got {k}")
-    return k
-
-
-def topk(x: torch.Tensor, k: int) -> Compressed:
-    r"""The ``k`` entries of ``x`` with the largest magnitude:
-    :math:`\mathrm{top}_k(x)_j = x_j` if :math:`|x_j|` is among the ``k``
-    largest, else 0. Ties are broken by ``torch.topk``. Biased: it keeps the
-    largest coordinates, which in an exploding gradient are the exploding ones.
-    """
-    flat = x.reshape(-1)
-    k = _check_k(k, flat.numel())
-    idx = torch.topk(flat.abs(), k, sorted=False).indices
-    return Compressed(idx, flat[idx], x.shape)
-
-
-def randk(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
-          scale: bool = False) -> Compressed:
-    r"""``k`` entries of ``x`` chosen uniformly without replacement. With
-    ``scale=True`` the values are multiplied by ``n/k`` so that the message is
-    an unbiased estimate of ``x`` (:math:`E[\mathrm{rand}_k(x)] = x`), at the
-    price of a variance ``n/k - 1`` times :math:`\|x\|^2`."""
-    flat = x.reshape(-1)
-    n = flat.numel()
-    k = _check_k(k, n)
-    perm = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
-    idx = perm[:k].to(flat.device)
-    values = flat[idx]
-    if scale and k > 0:
-        values = values * (n / k)
-    return Compressed(idx, values, x.shape)
-
-
-class ErrorFeedback:
-    r"""Error feedback (memory) around a compressor (Stich, Cordonnier & Jaggi 2018).
-
-    Keeps a residual :math:`e` (zeros at first). Each call with a gradient
-    :math:`g` sends :math:`c = C(g + e)` and keeps what was not sent:
-
-    .. math:: a = g + e,\qquad c = C(a),\qquad e \leftarrow a - c,
-
-    so that ``sent + new residual == gradient + old residual``: nothing is
-    lost, only delayed. ``compressor`` maps a tensor to a :class:`Compressed`
-    (e.g. ``lambda a: topk(a, k)``). One instance per tensor. A message that
-    lists an index more than once means the sum of its values there (as in
-    :meth:`Compressed.to_dense`), and the residual subtracts that sum, so the
-    invariant holds for any compressor (exactly, in floating point, when the
-    indices are distinct, as for :func:`topk` and :func:`randk`).
-    """
-
-    def __init__(self, compressor: Callable[[torch.Tensor], Compressed]) -> None:
-        if not callable(compressor):
-            raise TypeError("compressor must be callable, e.g. lambda a: topk(a, k)")
-        self.compressor = compressor
-        self.residual: torch.Tensor | None = None
-
-    def __call__(self, grad: torch.Tensor) -> Compressed:
-        """Compress ``grad`` plus the residual; update the residual; return the message."""
-        if self.residual is None:
-            self.residual = torch.zeros_like(grad)
-        elif self.residual.shape != grad.shape:
-            raise ValueError(f"gradient shape {tuple(grad.shape)} differs from the residual's "
-                             f"{tuple(self.residual.shape)}; use one ErrorFeedback per tensor")
-        acc = grad + self.residual
-        msg = self.compressor(acc)
-        if not isinstance(msg, Compressed):
-            raise TypeError(f"the compressor must return a gradlab.sparse.Compressed (indices, "
-                            f"values, shape), got {type(msg).__name__}")
-        if msg.indices.shape != msg.values.shape or msg.indices.dim() != 1:
-            raise ValueError("the compressor's message needs 1-D indices and values of the same "
-                             f"length, got {tuple(msg.indices.shape)} and {tuple(msg.values.shape)}")
-        flat = acc.reshape(-1).clone()
-        # accumulate=True: a repeated index subtracts the sum of its values, as to_dense() adds it
-        flat.index_put_((msg.indices,), -msg.values.to(flat.dtype), accumulate=True)
-        self.residual = flat.view(grad.shape)
-        return msg
-
-    def reset(self) -> None:
-        """Forget the residual."""
-        self.residual = None
-
-
-class DGC:
-    r"""Deep Gradient Compression's worker side (Lin et al. 2018), for one tensor.
-
-    With momentum :math:`\mu`, velocity :math:`u` and accumulator :math:`v`
-    (both zero at first), each call with a local gradient :math:`g`:
-
-    1. local clipping (optional): :math:`g \leftarrow g\,\min(1, c/\|g\|)`
-       with :math:`c` = ``clip_norm`` (the paper uses the global threshold
-       divided by :math:`\sqrt{N}` for :math:`N` workers);
-    2. momentum correction: :math:`u \leftarrow \mu u + g`, :math:`v \leftarrow v + u`;
-    3. send :math:`\mathrm{top}_k(v)`; zero the sent entries of :math:`v` and,
-       with ``momentum_masking`` (momentum factor masking), of :math:`u`.
-
-    The receiver applies the (averaged) message as a plain SGD step
-    :math:`\theta \leftarrow \theta - \alpha\,c`: the momentum already happened
-    on the worker. Invariant: ``sent + new v == old v + new u``.
-    """
-
-    def __init__(self, k: int, momentum: float = 0.9, clip_norm: float | None = None,
-                 momentum_masking: bool = True) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
-        self.k, self.momentum, self.clip_norm = k, momentum, clip_norm
-        self.momentum_masking = momentum_masking
-        self.u: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def __call__(self, grad: torch.Tensor) -> Compressed:
-        """Process one local gradient; return the top-k message."""
-        if self.u is None:
-            self.u, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
-        elif self.u.shape != grad.shape:
-            raise ValueError(f"gradient shape {tuple(grad.shape)} differs from the state's "
-                             f"{tuple(self.u.shape)}; use one DGC per tensor")
-        if self.clip_norm is not None:
-            norm = torch.linalg.vector_norm(grad)
-            grad = grad * torch.clamp(self.clip_norm / (norm + 1e-6), max=1.0)
-        self.u = self.momentum * self.u + grad
-        self.v = self.v + self.u
-        msg = topk(self.v, min(self.k, self.v.numel()))
-        self.v.view(-1)[msg.indices] = 0
-        if self.momentum_masking:
-            self.u.view(-1)[msg.indices] = 0
-        return msg
-
-
-# ----------------------------------------------------------------------------- sparse representations
-
-
-def soft_threshold(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    r"""The proximal operator of :math:`\tau\|x\|_1`:
-    :math:`\operatorname{prox}(x)_j = \operatorname{sign}(x_j)\max(|x_j|-\tau, 0)`.
-    One ISTA step for :math:`f(x) + \lambda\|x\|_1` is
-    ``soft_threshold(x - lr * grad_f(x), lr * lam)``."""
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0)
-
-
-def prox_l1_(parameters: torch.Tensor | Iterable[torch.Tensor], threshold: float) -> None:
-    """Apply :func:`soft_threshold` in place to every parameter: the proximal
-    half of an ISTA step, called after ``optimizer.step()`` with
-    ``threshold = lr * lam``."""
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(soft_threshold(p, threshold))
-
-
-def magnitude_prune_(parameters: torch.Tensor | Iterable[torch.Tensor], sparsity: float
-                     ) -> list[torch.Tensor]:
-    """Zero the fraction ``sparsity`` of entries with the smallest magnitude,
-    ranked globally across all ``parameters``, in place. Returns the boolean
-    keep-masks (one per parameter), to re-apply after later updates."""
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    if not params:
-        return []
-    flat = torch.cat([p.detach().reshape(-1).abs() for p in params])
-    n_prune = int(round(sparsity * flat.numel()))
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    if n_prune > 0:
-        keep[torch.topk(flat, n_prune, largest=False, sorted=False).indices] = False
-    masks, start = [], 0
-    with torch.no_grad():
-        for p in params:
-            mask = keep[start:start + p.numel()].view(p.shape).to(p.device)
-            start += p.numel()
-            p.mul_(mask)
-            masks.append(mask)
-    return masks

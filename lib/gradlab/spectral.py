@@ -9,6 +9,8 @@ The singular value decomposition of an ``m x n`` matrix is
 ``Vh = V^T``; ``torch.svd_lowrank`` (and the deprecated ``torch.svd``) return
 ``V`` itself. The functions here follow ``torch.linalg.svd``.
 
+* :func:`orthonormalize`: orthonormal columns spanning a matrix's columns
+  (reduced QR with a sign convention), the one orthonormaliser of the package;
 * :func:`power_iteration`: the top singular triplet ``(sigma_1, u_1, v_1)``,
   warm-startable, the way spectral normalisation keeps a persistent vector
   (Miyato et al. 2018);
@@ -41,6 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = [
+    "orthonormalize",
     "power_iteration",
     "randomized_svd",
     "halko_bound",
@@ -90,6 +93,18 @@ def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torc
         return torch.randn(shape, dtype=like.dtype, device=like.device)
     out = torch.randn(shape, dtype=like.dtype, device=generator.device, generator=generator)
     return out.to(like.device)
+
+
+def orthonormalize(P: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning the columns of ``P`` (shape ``[..., n, r]``,
+    ``r <= n``): the ``Q`` of the reduced QR factorisation, with signs fixed so
+    that ``R`` has a non-negative diagonal (the result then does not depend on
+    the QR implementation). Used by :func:`randomized_svd` and by PowerSGD
+    (:func:`gradlab.compress.subspace_iteration_step`)."""
+    Q, R = torch.linalg.qr(P, mode="reduced")
+    signs = torch.sgn(torch.diagonal(R, dim1=-2, dim2=-1))  # sign, or phase when complex
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return Q * signs.unsqueeze(-2)
 
 
 # --------------------------------------------------------------------------- power iteration
@@ -195,11 +210,11 @@ def randomized_svd(A: torch.Tensor, rank: int, *, oversample: int = 10, power_it
     _check_int("power_iters", power_iters, 0)
     ell = min(rank + oversample, min(m, n))
     omega = _randn((*A.shape[:-2], n, ell), A, generator)
-    Q = torch.linalg.qr(A @ omega).Q
+    Q = orthonormalize(A @ omega)
     AH = A.mH
     for _ in range(power_iters):
-        Z = torch.linalg.qr(AH @ Q).Q
-        Q = torch.linalg.qr(A @ Z).Q
+        Z = orthonormalize(AH @ Q)
+        Q = orthonormalize(A @ Z)
     B = Q.mH @ A
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
     U = Q @ Ub

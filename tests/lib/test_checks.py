@@ -1,9 +1,12 @@
 """The exercise checkers must accept right answers and name the mistake in wrong ones."""
 
+import math
+
 import pytest
 import torch
 
-from gradlab import checks
+from gradlab import checks, compress, prune
+from gradlab.compress import payload_bytes, subspace_iteration_step
 
 
 def right_norm(params):
@@ -120,7 +123,7 @@ def test_clip_grad_norm_checker():
 
 
 FUNCTION_CHECKERS = [checks.check_global_grad_norm, checks.check_jacobian_product,
-                     checks.check_clip_grad_norm, checks.check_power_iteration,
+                     checks.check_clip_grad_norm, checks.check_subspace_iteration_step,
                      checks.check_error_feedback, checks.check_top_singular,
                      checks.check_soft_threshold, checks.check_adam_step,
                      checks.check_warmup, checks.check_spike_guard, checks.check_payload_bytes,
@@ -168,3 +171,80 @@ def test_unitwise_norm_checker_accepts_both_shapes_and_names_the_layout_mistake(
     assert not dim1.passed and "dimensions 1, 2 and 3" in dim1.message
     per_entry = checks.check_unitwise_norm(lambda x: x.abs())
     assert not per_entry.passed and "expected 3" in per_entry.message
+
+
+def test_check_subspace_iteration_step_accepts_a_correct_step_and_explains_mistakes():
+    def good(M, Q):
+        P = torch.linalg.qr(M @ Q).Q
+        return P, M.T @ P
+
+    assert checks.check_subspace_iteration_step(good).passed
+    assert checks.check_subspace_iteration_step(lambda M, Q: subspace_iteration_step(M, Q)).passed
+    not_orth = checks.check_subspace_iteration_step(lambda M, Q: (M @ Q, M.T @ (M @ Q)))
+    assert not not_orth.passed and "orthonormal" in not_orth.message
+    doubled = checks.check_subspace_iteration_step(lambda M, Q: (good(M, Q)[0], 2 * good(M, Q)[1]))
+    assert not doubled.passed and "nothing to average" in doubled.message
+
+
+def test_check_payload_bytes_accepts_the_reference_and_explains_mistakes():
+    def good(n, m, scheme, rank, ratio):
+        return payload_bytes([(n, m)], scheme, rank=rank, ratio=ratio)
+
+    def by_hand(n, m, scheme, rank, ratio):
+        if scheme == "allreduce":
+            return 4 * n * m
+        if scheme == "topk":
+            return 8 * math.ceil(ratio * n * m)
+        r = min(n, m, rank)
+        return 4 * (n + m) * r if (n + m) * r * 2 < n * m else 4 * n * m
+
+    assert checks.check_payload_bytes(good).passed and checks.check_payload_bytes(by_hand).passed
+
+    def numbers(n, m, scheme, rank, ratio):
+        return by_hand(n, m, scheme, rank, ratio) // 4
+
+    def no_index(n, m, scheme, rank, ratio):
+        return by_hand(n, m, scheme, rank, ratio) // (2 if scheme == "topk" else 1)
+
+    def floor_k(n, m, scheme, rank, ratio):
+        return 8 * math.floor(ratio * n * m) if scheme == "topk" else by_hand(n, m, scheme, rank, ratio)
+
+    def always_factors(n, m, scheme, rank, ratio):
+        return 4 * (n + m) * min(n, m, rank) if scheme == "powersgd" else by_hand(n, m, scheme, rank, ratio)
+
+    def stub(n, m, scheme, rank, ratio):
+        raise NotImplementedError
+
+    for wrong, says in [(numbers, "4 bytes per float32"), (no_index, "value and its index"),
+                        (floor_k, "ceil"), (always_factors, "sends this matrix dense"),
+                        (stub, "not written yet"), (lambda *a: [1, 2], "not what was asked")]:
+        result = checks.check_payload_bytes(wrong)
+        assert not result.passed and says in result.message, (wrong, result.message)
+
+
+def test_check_error_feedback_passes_reference_and_catches_mistakes():
+    def reference(grad, residual, k):
+        sent = compress.ErrorFeedback(lambda a: compress.topk(a, k))
+        sent.residual = residual.clone()
+        msg = sent(grad).to_dense()
+        return msg, sent.residual
+
+    def from_grad_only(grad, residual, k):
+        acc = grad + residual
+        keep = torch.zeros(acc.numel(), dtype=torch.bool)
+        keep[torch.topk(grad.abs().flatten(), k).indices] = True
+        s = torch.where(keep.view(acc.shape), acc, torch.zeros_like(acc))
+        return s, acc - s
+
+    assert checks.check_error_feedback(reference).passed
+    result = checks.check_error_feedback(from_grad_only)
+    assert not result.passed and "grad + residual" in result.message
+    assert not checks.check_error_feedback(lambda g, r, k: (g, r)).passed
+
+
+def test_check_soft_threshold_passes_reference_and_catches_mistakes():
+    assert checks.check_soft_threshold(prune.soft_threshold).passed
+    hard = checks.check_soft_threshold(lambda x, t: x * (x.abs() > t))
+    assert not hard.passed and "hard thresholding" in hard.message
+    unsigned = checks.check_soft_threshold(lambda x, t: torch.clamp(x.abs() - t, min=0))
+    assert not unsigned.passed and "sign" in unsigned.message

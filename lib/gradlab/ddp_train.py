@@ -5,7 +5,7 @@ Runs real ``torch.distributed`` processes (gloo on CPU, NCCL on GPUs) under
 
 * ``allreduce``: torch's own ``default_hooks.allreduce_hook`` (what DDP does);
 * ``torch``: torch's ``powerSGD_hook`` (``PowerSGDState``);
-* ``gradlab``: ``gradlab.compress.powerSGD_hook``, optionally with ``clip``
+* ``gradlab``: :func:`gradlab.ddp.powerSGD_hook`, optionally with ``clip``
   (the local gradient is clipped before it is compressed); with a ``start``
   beyond ``--steps`` it never compresses, which gives all-reduce with the local
   gradient clipped.
@@ -13,7 +13,7 @@ Runs real ``torch.distributed`` processes (gloo on CPU, NCCL on GPUs) under
 One launch trains several configurations one after the other (same seed, same
 batches), so the processes start once. On one machine::
 
-    torchrun --standalone --nproc_per_node 2 ddp_train.py \
+    torchrun --standalone --nproc_per_node 2 -m gradlab.ddp_train \
         --config name=plain,hook=allreduce \
         --config name=powersgd4,hook=gradlab,rank=4,start=2,min_rate=0 --out runs.json
 
@@ -21,11 +21,13 @@ On several machines, run the same command on every node; the c10d rendezvous
 assigns the node ranks (``--node_rank`` is only for the static rendezvous)::
 
     torchrun --nnodes 2 --nproc_per_node 8 \
-        --rdzv_backend c10d --rdzv_endpoint HOST:29400 --rdzv_id JOB ddp_train.py ...
+        --rdzv_backend c10d --rdzv_endpoint HOST:29400 --rdzv_id JOB -m gradlab.ddp_train ...
 
 Bytes are counted by wrapping ``torch.distributed.all_reduce``, through which
 every hook here communicates: the payload each worker hands to all-reduce.
 Rank 0 writes one JSON object with one entry per run (``--out -`` prints it).
+The script ships inside gradlab, so it runs wherever gradlab is installed
+(Colab included), with ``-m gradlab.ddp_train`` instead of a file path.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as torch_powersgd
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gradlab import compress
 from gradlab.data import load_digits
+from gradlab.ddp import PowerSGDState, powerSGD_hook
 
 DEFAULTS = {"name": None, "hook": "allreduce", "rank": 1, "start": 2, "min_rate": 2.0, "lr": 0.1,
             "clip": None, "momentum": 0.9}
@@ -109,10 +111,10 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
             min_compression_rate=cfg["min_rate"], random_seed=args.seed)
         ddp.register_comm_hook(state, torch_powersgd.powerSGD_hook)
     else:
-        state = compress.PowerSGDState(
+        state = PowerSGDState(
             matrix_approximation_rank=cfg["rank"], start_powerSGD_iter=cfg["start"],
             min_compression_rate=cfg["min_rate"], random_seed=args.seed, max_norm=cfg["clip"])
-        ddp.register_comm_hook(state, compress.powerSGD_hook)
+        ddp.register_comm_hook(state, powerSGD_hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     x, y, x_test, y_test = data
     batches = torch.Generator().manual_seed(args.seed)
@@ -132,7 +134,7 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
             bytes_per_step.append(counter.bytes - before)
-            if isinstance(state, compress.PowerSGDState):
+            if isinstance(state, PowerSGDState):
                 error_norms.append(state.error_norm())
                 grad_norms.append(state.grad_norm)
             # the mean loss over workers, outside the byte count
