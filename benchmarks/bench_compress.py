@@ -12,8 +12,8 @@ Cases (float32, square n x n matrices):
 
     python benchmarks/bench_compress.py [--device auto|cpu|cuda] [--quick]
 
-:func:`plot_results` draws the stored results (the chapter "Low-rank
-compression" shows the same figure).
+:func:`gradlab.benchmarks.plot_compress` draws the stored results (the chapter
+"Low-rank compression" shows the same figure).
 """
 
 import sys
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cli, load_results, time_it, write_results  # noqa: E402
+from harness import cli, time_it, write_results  # noqa: E402
 
 from gradlab.compress import PowerSGD  # noqa: E402
 from gradlab.galore import GaLoreAdamW, optimizer_state_bytes  # noqa: E402
@@ -60,21 +60,6 @@ def optimizer_cases(n: int, device: torch.device, repeats: int) -> list[dict]:
     return cases
 
 
-def plot_results(ax, record: dict) -> None:
-    """Compression-step time against matrix size for one stored result (one device)."""
-    from gradlab import plot
-
-    cases = [c for c in record["cases"] if c["kind"] == "compress"]
-    for impl in sorted({c["impl"] for c in cases}, key=lambda s: (s.startswith("SVD"), len(s), s)):
-        pts = [c for c in cases if c["impl"] == impl]
-        style = {"color": "0.3", "linestyle": "--"} if impl.startswith("SVD") else {}
-        ax.plot([c["n"] for c in pts], [c["median_s"] * 1e3 for c in pts], marker="o", label=impl, **style)
-    ax.set_xscale("log", base=2)
-    plot.log_y(ax, "time per step (ms)")
-    ax.set_xlabel("matrix size n (n x n, float32)")
-    ax.set_title(f"{record['device']} (torch {record['torch']})", fontsize=9)
-
-
 def main(argv=None) -> None:
     args, device = cli(__doc__, argv)
     if args.quick:
@@ -88,12 +73,11 @@ def main(argv=None) -> None:
         repeats = 20 if n <= 1024 else 5
         cases += compress_cases(n, device, repeats)
         cases += optimizer_cases(n, device, repeats)
-    path = write_results("compress", device, cases, dtype="float32",
+    # a quick (smoke-test) run never overwrites the stored full results
+    path = write_results("compress-quick" if args.quick else "compress", device, cases, dtype="float32",
                          note="median time of one call; SVD is the full thin SVD of the same matrix")
     print(f"wrote {path}")
 
-
-__all__ = ["plot_results", "load_results", "main"]
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ step time is 28 * N bytes / the copy bandwidth.
 
     python benchmarks/bench_optim.py [--device auto|cpu|cuda] [--quick]
 
-:func:`plot_results` draws the stored JSON files (one line per device).
+:func:`gradlab.benchmarks.plot_optim` draws the stored JSON files (one line per device).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cli, load_results, time_it, write_results  # noqa: E402
+from harness import cli, time_it, write_results  # noqa: E402
 
 from gradlab import optim  # noqa: E402
 
@@ -64,29 +64,6 @@ def measure(total: int, n_tensors: int, device: torch.device) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return cases
-
-
-def plot_results(ax, name: str = "optim") -> list[str]:
-    """Median Adam step time per parameter count, one line style per device and a
-    colour per implementation, from the stored JSON results; returns the device
-    slugs found (empty when none are stored)."""
-    results = load_results(name)
-    styles = ["-", "--", ":", "-."]
-    for k, (slug, rec) in enumerate(sorted(results.items())):
-        impls = sorted({c["impl"] for c in rec["cases"]} - {"copy (reference)"})
-        for j, impl in enumerate(impls):
-            pts = sorted((c["params"], c["median_s"]) for c in rec["cases"] if c["impl"] == impl)
-            ax.plot([p for p, _ in pts], [t for _, t in pts], styles[k % 4], marker="o", ms=3,
-                    color=f"C{j}", label=f"{impl} ({slug})")
-        ideal = sorted((c["params"], c["ideal_adam_s"]) for c in rec["cases"]
-                       if c["impl"] == "copy (reference)")
-        ax.plot([p for p, _ in ideal], [t for _, t in ideal], styles[k % 4], color="0.3", lw=2,
-                label=f"28 bytes/param at copy bandwidth ({slug})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("time of one Adam step (s)")
-    return sorted(results)
 
 
 def main(argv=None) -> None:

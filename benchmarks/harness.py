@@ -2,10 +2,11 @@
 
 Each ``benchmarks/bench_*.py`` script builds a list of cases, times them with
 :func:`time_it` and writes one JSON file with :func:`write_results` to
-``benchmarks/results/<device-slug>/<name>.json``: the device's name, torch
-version, sizes and the median (and spread) of repeated timings. Results of a
-real GPU run are committed under the GPU's slug; a reader's own CPU run goes
-beside them, and the book's benchmark page plots both.
+``lib/gradlab/benchmark_results/<device-slug>/<name>.json`` (inside the package,
+so that chapters opened alone find them: :mod:`gradlab.benchmarks`): the
+device's name, torch version, sizes and the median (and spread) of repeated
+timings. Results of a real GPU run are committed under the GPU's slug; a
+reader's own CPU run goes beside them, and the book's benchmark page plots both.
 
 Benchmarks report; they never fail on time.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "lib" / "gradlab" / "benchmark_results"
 
 
 def cli(doc: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device]:
@@ -103,11 +104,3 @@ def write_results(name: str, device: torch.device, cases: list[dict], **extra) -
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
-
-
-def load_results(name: str) -> dict[str, dict]:
-    """All stored results of one benchmark, keyed by device slug."""
-    found = {}
-    for path in sorted(RESULTS.glob(f"*/{name}.json")):
-        found[path.parent.name] = json.loads(path.read_text())
-    return found
