@@ -36,6 +36,14 @@ def scratch_home(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> tuple[Path, Path]:
+    """gradlab built as a wheel and installed into a folder of its own: ``(wheel, site)``."""
+    from tests.notebooks.standalone import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
 def built_html() -> Path:
     index = HTML / "index.html"
     if not index.exists():

@@ -58,8 +58,14 @@ DEFAULT_BUDGET_S = 120.0  # default size: at most 2 minutes on a 2-core CPU
 
 @pytest.mark.book
 def test_default_size_within_budget(built_html):
-    """The book build's execution table: every chapter ran within twice its 2-minute budget."""
+    """The book build's execution table: every chapter's time is recorded in
+    _build/default_times.json; over the 2-minute budget is a warning, and only a chapter
+    over 4x its budget fails (a busy shared CI machine must not fail the tests)."""
+    import json
     import re
+    import warnings
+
+    from tests.notebooks.standalone import FAIL_FACTOR
 
     page = (built_html / "chapters" / "execution.html").read_text()
     times = {}
@@ -70,5 +76,9 @@ def test_default_size_within_budget(built_html):
     assert times, "no execution table on chapters/execution.html"
     executed = {f"chapters/{p.stem}" for p in SOURCES}
     assert executed <= set(times), f"chapters missing from the execution table: {executed - set(times)}"
-    slow = {doc: t for doc, t in times.items() if t > 2 * DEFAULT_BUDGET_S}
-    assert not slow, f"default-size execution over 2 x {DEFAULT_BUDGET_S:.0f} s: {slow}"
+    (BUILD / "default_times.json").write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+    over = {doc: t for doc, t in times.items() if t > DEFAULT_BUDGET_S}
+    if over:
+        warnings.warn(f"default-size execution over the {DEFAULT_BUDGET_S:.0f} s budget: {over}", stacklevel=1)
+    slow = {doc: t for doc, t in times.items() if t > FAIL_FACTOR * DEFAULT_BUDGET_S}
+    assert not slow, f"default-size execution over {FAIL_FACTOR:.0f} x {DEFAULT_BUDGET_S:.0f} s: {slow}"

@@ -7,7 +7,8 @@ import re
 import jupytext
 import pytest
 
-from tests.notebooks.conftest import BUILD, CHAPTERS, chapter_sources
+from tests.notebooks.conftest import chapter_sources
+from tests.notebooks.standalone import run_alone
 from tools.nbtools import student_version
 
 SOURCES = [p for p in chapter_sources() if re.match(r"\d\d_", p.stem)]  # chapters with exercises
@@ -31,18 +32,13 @@ def test_student_version_drops_solutions_keeps_exercises(md):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
-def test_student_notebook_executes(md, scratch_home, monkeypatch):
-    """Without solutions every chapter still runs in quick mode: the checks report
-    NOT YET instead of failing, and no later cell needs a removed solution."""
-    import papermill
-
-    for key, value in scratch_home.items():
-        monkeypatch.setenv(key, value)
-    out = BUILD / "student_run"
-    out.mkdir(parents=True, exist_ok=True)
-    jupytext.write(student_version(md), out / f"{md.stem}.ipynb", fmt="ipynb")
-    nb = papermill.execute_notebook(str(out / f"{md.stem}.ipynb"), str(out / f"{md.stem}.executed.ipynb"),
-                                    parameters={"quick": True, "device": "cpu"}, kernel_name="python3",
-                                    cwd=str(CHAPTERS), progress_bar=False, log_output=False)
+def test_student_notebook_executes(md, wheel, scratch_home, tmp_path):
+    """Without solutions every chapter still runs in quick mode, alone in an empty directory
+    with gradlab from its wheel (as a student gets it): the checks report NOT YET instead of
+    failing, and no later cell needs a removed solution."""
+    _, site = wheel
+    notebook = tmp_path / f"{md.stem}.ipynb"
+    jupytext.write(student_version(md), notebook, fmt="ipynb")
+    nb, _ = run_alone(notebook, tmp_path / "alone", site, scratch_home, {"quick": True, "device": "cpu"})
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "NOT YET" in printed and "not written yet" in printed
