@@ -6,7 +6,12 @@
     python tools/nbtools.py compare EXECUTED.ipynb STORED.ipynb
         compare the outputs of two executions with nbval's rules;
     python tools/nbtools.py student
-        write solution-free notebooks to _build/student/ (exercises kept).
+        write the student notebooks to _build/student/ (tools/reader.py: no
+        solutions, an answer cell after every written exercise; not the
+        instructors' page);
+    python tools/nbtools.py reader [chapters/X.md ...]
+        rewrite the reader notebooks chapters/X.ipynb from their sources,
+        keeping the stored outputs (after a change to prose only).
 
 Comparison rules follow nbval: a code cell tagged ``nbval-ignore-output`` is
 not compared, ``nbval-skip`` neither; text outputs (streams, ``text/plain``,
@@ -25,6 +30,8 @@ import jupytext
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script (python tools/nbtools.py): make `tools` importable
+    sys.path.insert(0, str(ROOT))
 CHAPTERS = ROOT / "chapters"
 SANITIZE = Path(__file__).with_name("sanitize.cfg")
 IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
@@ -33,6 +40,11 @@ IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
 def chapter_sources() -> list[Path]:
     """Every chapter notebook source: chapters/*.md with a jupytext header."""
     return sorted(p for p in CHAPTERS.glob("*.md") if p.read_text().startswith("---\njupytext:"))
+
+
+def student_sources() -> list[Path]:
+    """The chapters a student gets: every chapter and appendix but the instructors' page."""
+    return [p for p in chapter_sources() if p.stem != "a3_instructors"]
 
 
 def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900,
@@ -109,29 +121,13 @@ def robust(sources: list[Path], seeds: list[int], threads: list[int], out: Path)
 
 
 def write_paired(source: Path, executed: nbformat.NotebookNode) -> Path:
+    """Write the chapter's reader notebook (``tools.reader``: no MyST markup) with the
+    outputs of ``executed`` to ``X.ipynb`` beside the source: what Colab opens."""
+    from tools.reader import reader_notebook
+
     target = source.with_suffix(".ipynb")
-    jupytext.write(executed, target, fmt="ipynb")
+    nbformat.write(reader_notebook(source, executed), target)
     return target
-
-
-# fences of three or more backticks; a block closes with a fence of the same length
-_SOLUTION = re.compile(r"^(`{3,})\{solution\}[^\n]*\n.*?^\1[ \t]*\n", re.S | re.M)
-_GATED = re.compile(r"^`{3,}\{solution-start\}.*?^(`{3,})\{solution-end\}[^\n]*\n\1[ \t]*\n", re.S | re.M)
-STUDENT_REMOVE_TAG = "solution"
-
-
-def student_version(source: Path) -> nbformat.NotebookNode:
-    """The chapter without solutions: ``{solution}`` blocks, gated
-    ``{solution-start}``..``{solution-end}`` blocks (with their code cells) and
-    cells tagged ``solution`` are removed; exercises and their stub cells stay."""
-    text = source.read_text()
-    text = _GATED.sub("", text)
-    text = _SOLUTION.sub("", text)
-    nb = jupytext.reads(text, fmt="md:myst")
-    nb.cells = [c for c in nb.cells if STUDENT_REMOVE_TAG not in c.metadata.get("tags", [])]
-    # drop markdown cells left empty by the removal
-    nb.cells = [c for c in nb.cells if c.cell_type != "markdown" or c.source.strip()]
-    return nb
 
 
 def _sanitizers() -> list[tuple[re.Pattern, str]]:
@@ -227,6 +223,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("student")
+    p_reader = sub.add_parser("reader")
+    p_reader.add_argument("sources", nargs="*", type=Path)
     p_exec = sub.add_parser("execute")
     p_exec.add_argument("sources", nargs="*", type=Path)
     p_rob = sub.add_parser("robust")
@@ -240,11 +238,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "student":
+        from tools.reader import student_notebook
+
         out = ROOT / "_build" / "student"
         out.mkdir(parents=True, exist_ok=True)
-        for src in chapter_sources():
-            jupytext.write(student_version(src), out / f"{src.stem}.ipynb", fmt="ipynb")
+        for src in student_sources():
+            nbformat.write(student_notebook(src), out / f"{src.stem}.ipynb")
             print(f"{src.relative_to(ROOT)} -> {(out / src.stem).relative_to(ROOT)}.ipynb")
+        return 0
+    if args.command == "reader":
+        for src in args.sources or chapter_sources():
+            stored = nbformat.read(src.resolve().with_suffix(".ipynb"), as_version=4)
+            print(f"{src}: -> {write_paired(src.resolve(), stored).relative_to(ROOT)} (outputs kept)")
         return 0
     if args.command == "execute":
         for src in args.sources or chapter_sources():
