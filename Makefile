@@ -21,7 +21,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 # thread per kernel makes them 5-20x slower. Outputs are rounded to be thread-count stable.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student clean
+.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student lab clean
 
 all: book
 
@@ -82,6 +82,11 @@ nbval: $(STAMP)
 
 clean:
 	rm -rf _build
+
+# Read and run the chapters locally in JupyterLab: the reader notebooks (chapters/X.ipynb)
+# open as they do in Colab; jupyterlab-myst (and jupytext) render the MyST sources X.md too.
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters
 
 # Instructors: solution-free notebooks (exercises and their stubs kept) in _build/student/.
 student: $(STAMP)
