@@ -50,3 +50,18 @@ def test_declared_floors_cover_the_apis_used():
     assert floor and (int(floor.group(1)), int(floor.group(2))) >= (2, 6), deps["torch"]
     used = "".join(p.read_text() for p in list((ROOT / "lib").rglob("*.py")) + list((ROOT / "chapters").glob("*.md")))
     assert "get_total_norm" in used  # the reason for the floor is still there
+
+
+def test_jupyterlab_opens_the_chapters_with_myst_rendering():
+    """`make lab`: JupyterLab in the project environment, with jupyterlab-myst enabled and
+    compatible (a version mismatch only shows in `jupyter labextension list`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    jupyter = Path(sys.executable).parent / "jupyter"
+    out = subprocess.run([str(jupyter), "labextension", "list"], capture_output=True, text=True, timeout=120)
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    assert re.search(r"jupyterlab-myst v[\d.]+ enabled OK", listing), listing
+    assert "not compatible" not in listing, listing
+    assert re.search(r"^lab: ", (ROOT / "Makefile").read_text(), re.M), "the Makefile has no `lab` target"
