@@ -21,7 +21,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 # thread per kernel makes them 5-20x slower. Outputs are rounded to be thread-count stable.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student lab clean
+.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student assignments lab clean
 
 all: book
 
@@ -91,3 +91,8 @@ lab: $(STAMP)
 # Instructors: solution-free notebooks (exercises and their stubs kept) in _build/student/.
 student: $(STAMP)
 	$(BIN)/python tools/nbtools.py student
+
+# Instructors: an nbgrader course generated from the chapters (nbgrader_config.py and
+# source/<chapter>/) in _build/course/; nbgrader's own commands take over from there.
+assignments: $(STAMP)
+	$(BIN)/python tools/assignments.py --out _build/course
