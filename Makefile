@@ -21,7 +21,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 # thread per kernel makes them 5-20x slower. Outputs are rounded to be thread-count stable.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student assignments lab clean
+.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student assignments lab floor clean
 
 all: book
 
@@ -96,3 +96,15 @@ student: $(STAMP)
 # source/<chapter>/) in _build/course/; nbgrader's own commands take over from there.
 assignments: $(STAMP)
 	$(BIN)/python tools/assignments.py --out _build/course
+
+# The declared floors (pyproject.toml) of numpy, scipy, matplotlib, scikit-learn and tqdm,
+# with the pinned torch (tools/floors.py says why): the library's tests and every chapter in
+# quick mode, in a virtualenv of its own. Slow; not part of make test.
+FLOOR := .venv-floor
+floor:
+	rm -rf $(FLOOR)
+	$(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR)/bin/python -m pip install -q $$($(PYTHON) tools/floors.py) pytest hypothesis papermill ipykernel jupytext nbformat pyyaml
+	PYTHONPATH=$(CURDIR)/lib $(FLOOR)/bin/python -m pytest tests/lib -q -p no:cacheprovider
+	PYTHONPATH=$(CURDIR)/lib $(FLOOR)/bin/python tools/nbtools.py robust --quick --seeds 0 --threads 1 --out _build/floor

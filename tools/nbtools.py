@@ -81,8 +81,10 @@ def execute(source: Path, *, parameters: dict | None = None, timeout: int = 900,
     return nb
 
 
-def robust(sources: list[Path], seeds: list[int], threads: list[int], out: Path) -> list[str]:
-    """Execute every source at its default size for each seed and thread count.
+def robust(sources: list[Path], seeds: list[int], threads: list[int], out: Path,
+           quick: bool = False) -> list[str]:
+    """Execute every source at its default size (``quick``: in quick mode on the CPU) for
+    each seed and thread count.
 
     Executed notebooks go to ``out`` (also the failing ones, up to the failing
     cell), with a JSON record of times and outcomes; returns the failures as
@@ -99,12 +101,13 @@ def robust(sources: list[Path], seeds: list[int], threads: list[int], out: Path)
     for src in sources:
         for seed in seeds:
             for n in threads:
-                name = f"{src.stem}-seed{seed}-threads{n}"
+                name = f"{src.stem}-{'quick-' if quick else ''}seed{seed}-threads{n}"
                 t0 = time.perf_counter()
                 error = None
                 nb = None
                 try:
-                    nb = execute(src.resolve(), parameters={"seed": seed}, threads=n)
+                    params = {"seed": seed, **({"quick": True, "device": "cpu"} if quick else {})}
+                    nb = execute(src.resolve(), parameters=params, threads=n)
                 except CellExecutionError as exc:
                     error = str(exc).strip().splitlines()[-1][:500]
                     nb = getattr(exc, "nb", None)
@@ -232,6 +235,7 @@ def main(argv: list[str]) -> int:
     p_rob.add_argument("--seeds", type=int, nargs="+", default=[1])
     p_rob.add_argument("--threads", type=int, nargs="+", default=[2])
     p_rob.add_argument("--out", type=Path, default=ROOT / "_build" / "robust")
+    p_rob.add_argument("--quick", action="store_true", help="quick mode on the CPU instead of the default size")
     p_cmp = sub.add_parser("compare")
     p_cmp.add_argument("executed", type=Path)
     p_cmp.add_argument("stored", type=Path)
@@ -259,7 +263,7 @@ def main(argv: list[str]) -> int:
             print(f"{src}: executed in {time.perf_counter() - t0:.1f} s -> {target.relative_to(ROOT)}")
         return 0
     if args.command == "robust":
-        failures = robust(args.sources or chapter_sources(), args.seeds, args.threads, args.out)
+        failures = robust(args.sources or chapter_sources(), args.seeds, args.threads, args.out, args.quick)
         if failures:
             print(f"\n{len(failures)} run(s) failed:\n" + "\n".join(failures))
         return 1 if failures else 0
