@@ -26,19 +26,29 @@ result.cases``), ``result.failed`` (the names of the failing cases),
 
 Visible and hidden cases, for graders (nbgrader)
 ------------------------------------------------
-Every function checker takes ``cases="all"`` (the default, what the chapters
-run), ``"visible"`` (the cases that test what the exercise states, shown to
+Every checker takes ``cases="all"`` (the default, what the chapters run),
+``"visible"`` (the cases that test what the exercise states, shown to
 students) or ``"hidden"`` (the strongest cases: generators, ``None``
-gradients, single tensors, other dtypes, edge values). ``"visible"`` and
-``"hidden"`` split ``"all"``. ``result.require()`` (or
-``checks.require(result)``) raises ``AssertionError`` with the student-facing
-text when the check fails, and returns the result otherwise, so that an
-autograded test cell is one line per part::
+gradients, single tensors, other dtypes, edge values); ``"visible"`` and
+``"hidden"`` split ``"all"`` without overlap, and each checker's docstring
+lists which cases are which. Case names are stable, so a rubric can refer to
+them. ``result.require()`` (or ``checks.require(result)``) raises
+``AssertionError`` whose text is ``str(result)``, the student-facing message,
+when the check fails, and returns the result otherwise, so that an autograded
+test cell is one line per part::
 
     checks.check_clip_grad_norm(my_clip_grad_norm_, cases="visible").require()
     ### BEGIN HIDDEN TESTS
     checks.check_clip_grad_norm(my_clip_grad_norm_, cases="hidden").require()
     ### END HIDDEN TESTS
+
+(two test cells, one per line, give separate points to the visible and the
+hidden cases). For partial marks read the result instead of requiring it:
+``result.score`` is the fraction of cases passed, and ``len(result.failed) ==
+1`` with ``result.failed[0]`` naming the one failing case is the "half marks
+for one named case" rule. A stub fails every case with the message
+``NOT_WRITTEN``: the check itself never raises, and ``require()`` turns it
+into an ``AssertionError``, so an untouched notebook scores zero.
 
 The checkers use their own random generators: calling one leaves torch's
 global random state as it was, so a chapter's later cells draw the same
@@ -48,6 +58,7 @@ numbers whether or not a check ran.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -129,11 +140,13 @@ def require(result: CheckResult) -> CheckResult:
 # ----------------------------------------------------------------------------- machinery
 
 class _Fail(Exception):
-    """A case failed; ``hint`` says why, for the student."""
+    """A case failed; ``hint`` says why, for the student, and ``detail`` (optional)
+    what this case gave ("you returned 3, expected 4.43"): cases failing with the
+    same hint are listed together, each with its detail."""
 
-    def __init__(self, hint: str):
+    def __init__(self, hint: str, detail: str = ""):
         super().__init__(hint)
-        self.hint = hint
+        self.hint, self.detail = hint, detail
 
 
 @dataclass(frozen=True)
@@ -160,8 +173,11 @@ def _call(fn: Callable, *args, convert: Callable | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             value = fn(*args)
-    except NotImplementedError:
-        raise _Fail(NOT_WRITTEN) from None
+    except NotImplementedError as exc:
+        if _is_stub(fn, exc):
+            raise _Fail(NOT_WRITTEN) from None
+        raise _Fail(f"your function raised {_short(exc)} (from a library call, not from your own "
+                    "code): that operation is not supported for these inputs.") from None
     except Exception as exc:  # the student's code: report, don't crash the notebook
         text = f"{type(exc).__name__}: {exc}"
         hint = "".join(f" Hint: {h}" for key, h in hints if key in text)
@@ -175,6 +191,16 @@ def _call(fn: Callable, *args, convert: Callable | None = None,
     return value
 
 
+def _is_stub(fn: Callable, exc: NotImplementedError) -> bool:
+    """Whether ``exc`` was raised by the student's function itself (the stub's
+    ``raise NotImplementedError``), not by a library call inside it."""
+    code = getattr(fn, "__code__", None)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return code is None or tb is None or tb.tb_frame.f_code is code or not exc.args
+
+
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a Tensor of shape {tuple(value.shape)}"
@@ -182,13 +208,14 @@ def _describe(value) -> str:
 
 
 def _as_float(value) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"expected a single number, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach())
     if value is None:
         raise TypeError("expected a number, got None (is a return statement missing?)")
-    return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    t = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
+    if t.numel() != 1:
+        raise TypeError("expected a single number")
+    return float(t.reshape(()))
 
 
 def _tensor(value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -205,7 +232,7 @@ def _tensor(value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def _close(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float = 0.0) -> bool:
     """``allclose`` with ``atol`` relative to the largest entry of ``want``; False on
-    a shape mismatch or a non-finite value where ``want`` is finite."""
+    a shape mismatch."""
     if got.shape != want.shape:
         return False
     scale = float(want.abs().max()) if want.numel() else 0.0
@@ -225,12 +252,13 @@ def _run(fn, cases: Sequence[_Case], judge: Callable, selection: str, summary: s
                 f"(got {_describe(fn)}).")
         outcomes = [CaseResult(c.name, False, hint) for c in chosen]
         return CheckResult(False, _failure_message(outcomes), tuple(outcomes), selection)
-    outcomes = []
+    outcomes, details = [], {}
     for case in chosen:
         try:
             judge(fn, case.data)
         except _Fail as fail:
-            outcomes.append(CaseResult(case.name, False, fail.hint))
+            outcomes.append(CaseResult(case.name, False, f"{fail.detail}: {fail.hint}" if fail.detail else fail.hint))
+            details[case.name] = (fail.hint, fail.detail)
         except Exception as exc:  # an answer so far off that comparing it failed
             outcomes.append(CaseResult(case.name, False, f"your result could not be compared with the "
                                                          f"reference ({_short(exc)}); check its type and shape."))
@@ -238,7 +266,7 @@ def _run(fn, cases: Sequence[_Case], judge: Callable, selection: str, summary: s
             outcomes.append(CaseResult(case.name, True, ""))
     outcomes_t = tuple(outcomes)
     if not all(o.passed for o in outcomes):
-        return CheckResult(False, _failure_message(outcomes), outcomes_t, selection)
+        return CheckResult(False, _failure_message(outcomes, details), outcomes_t, selection)
     n, names = len(outcomes), ", ".join(f"'{o.name}'" for o in outcomes)
     if selection == "all":
         return CheckResult(True, summary.format(n=n), outcomes_t, selection)
@@ -248,24 +276,33 @@ def _run(fn, cases: Sequence[_Case], judge: Callable, selection: str, summary: s
     return CheckResult(True, f"your answer passes the {n} hidden cases ({names}).", outcomes_t, selection)
 
 
-def _failure_message(outcomes: Sequence[CaseResult]) -> str:
+def _failure_message(outcomes: Sequence[CaseResult], details: dict | None = None) -> str:
+    """The student's message: every failing case, those with the same hint together
+    (each with its detail, if any), and how many cases pass."""
+    details = details or {}
     failed = [o for o in outcomes if not o.passed]
     n, k = len(outcomes), len(failed)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[tuple[str, str]]] = {}
     for o in failed:
-        groups.setdefault(o.hint, []).append(f"'{o.name}'")
-    if k == n and len(groups) == 1:
-        hint = failed[0].hint
-        if hint == NOT_WRITTEN or n == 1:
-            return hint if hint == NOT_WRITTEN else f"on the case '{failed[0].name}': {hint}"
-        return f"on all {n} cases: {hint}"
+        hint, detail = details.get(o.name, (o.hint, ""))
+        groups.setdefault(hint, []).append((o.name, detail))
     if k == 1:
-        return f"on the case '{failed[0].name}': {failed[0].hint} (The other {n - 1} " \
-               f"case{'s pass' if n > 2 else ' passes'}.)"
+        other = f" (The other {n - 1} case{'s pass' if n > 2 else ' passes'}.)" if n > 1 else ""
+        return f"on the case '{failed[0].name}': {failed[0].hint}{other}"
+    if k == n and len(groups) == 1:
+        hint, members = next(iter(groups.items()))
+        if hint == NOT_WRITTEN:
+            return hint
+        if not any(detail for _, detail in members):
+            return f"on all {n} cases: {hint}"
     lines = [f"{k} of {n} cases fail:"]
-    for hint, names in groups.items():
-        where = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        lines.append(f"- {'case' if len(names) == 1 else 'cases'} {where}: {hint}")
+    for hint, members in groups.items():
+        if len(members) == 1:
+            name, detail = members[0]
+            lines.append(f"- case '{name}': {detail + ': ' if detail else ''}{hint}")
+            continue
+        names = [f"'{name}'" + (f" ({detail})" if detail else "") for name, detail in members]
+        lines.append(f"- cases {', '.join(names[:-1])} and {names[-1]}: {hint}")
     if k < n:
         lines.append(f"The other {n - k} case{'s pass' if n - k > 1 else ' passes'}.")
     return "\n".join(lines)
@@ -384,8 +421,8 @@ def check_global_grad_norm(fn: Callable, *, cases: str = "all") -> CheckResult:
             raise _Fail("you returned the squared norm; take the square root at the end.")
         if per_tensor and math.isclose(got, max(per_tensor), rel_tol=1e-4):
             raise _Fail("you returned the largest per-tensor norm; the global norm combines all of them.")
-        raise _Fail(f"you returned {got:.6g}, expected {expected:.6g}: compare with torch.nn.utils.get_total_norm("
-                    "[p.grad for p in params if p.grad is not None]) on small gradients.")
+        raise _Fail("compare with torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) "
+                    "on small gradients.", f"you returned {got:.6g}, expected {expected:.6g}")
 
     return _run(fn, all_cases, judge, cases,
                 "your global gradient norm matches the float64 reference on all {n} cases, including "
@@ -525,9 +562,9 @@ def check_jacobian_product(fn: Callable, *, cases: str = "all") -> CheckResult:
             if candidate is not None and _close(got, candidate, rtol, atol):
                 raise _Fail(hint)
         err = float((got - expected).abs().max())
-        raise _Fail(f"the values differ from torch.func.jacrev of the network (max abs error {err:.3g}). "
+        raise _Fail("the values differ from torch.func.jacrev of the network. "
                     "Check the order of the product (last layer on the left) and the derivative "
-                    "tanh' = 1 - tanh**2.")
+                    "tanh' = 1 - tanh**2.", f"max abs error {err:.3g}")
 
     return _run(fn, all_cases, judge, cases,
                 "your product of layer Jacobians equals torch.func.jacrev of the network on all {n} cases, "
@@ -729,7 +766,7 @@ def check_subspace_iteration_step(fn: Callable, *, cases: str = "all") -> CheckR
         else:
             hint = "compute P from M @ Q (orthonormalised), then Q_new = M.T @ P."
         err = float((P @ Q.T - expected).abs().max())
-        raise _Fail(f"P @ Q_new.T is not the projection of M on span(M Q) (max error {err:.3g}): {hint}")
+        raise _Fail(f"P @ Q_new.T is not the projection of M on span(M Q): {hint}", f"max error {err:.3g}")
 
     return _run(fn, all_cases, judge, cases,
                 "one subspace-iteration step on all {n} cases: P has orthonormal columns and P @ Q_new.T = "
@@ -864,7 +901,8 @@ def check_top_singular(fn: Callable, *, cases: str = "all") -> CheckResult:
         if math.isclose(sigma, exact**2, rel_tol=rtol):
             raise _Fail(f"you returned {sigma:.6g} = sigma_max^2, the top eigenvalue of W^T W; sigma_max is its "
                         "square root, ||W v||.")
-        raise _Fail(f"you returned sigma = {sigma:.6g}, expected {exact:.6g} (torch.linalg.matrix_norm(W, 2)).")
+        raise _Fail("sigma_max(W) is torch.linalg.matrix_norm(W, 2); power iteration alternates u <- W v, "
+                    "v <- W^T u, normalising each time.", f"you returned sigma = {sigma:.6g}, expected {exact:.6g}")
 
     return _run(fn, all_cases, judge, cases,
                 "your power iteration finds sigma_max (not the spectral radius) and unit vectors with "
@@ -1135,7 +1173,7 @@ def check_warmup(fn: Callable, *, cases: str = "all") -> CheckResult:
             hint = "after the warm-up the factor must stay at 1: cap it with min(1, ...)."
         else:
             hint = "the factor should grow linearly from 1 / warmup_steps to 1 and then stay at 1."
-        raise _Fail(f"at step {step}: got {got:.6g}, expected {ref:.6g}; {hint}")
+        raise _Fail(hint, f"at step {step} you returned {got:.6g}, expected {ref:.6g}")
 
     return _run(fn, all_cases, judge, cases,
                 "your factors match torch.optim.lr_scheduler.LinearLR for 1, 4, 10 and 50 warm-up steps and "
@@ -1194,8 +1232,8 @@ def check_spike_guard(fn: Callable, *, cases: str = "all") -> CheckResult:
                     else:
                         hint = ("compare with the median of the last 20 finite values, not the mean: one "
                                 "earlier spike must not hide the next.")
-                    raise _Fail(f"at step {i} (norm {v:.3g}, factor {factor:g}) you said "
-                                f"{'skip' if got else 'keep'}; {hint}")
+                    raise _Fail(hint, f"step {i}, norm {v:.3g}, factor {factor:g}: you said "
+                                      f"{'skip' if got else 'keep'}")
                 if math.isfinite(v):
                     history.append(v)
 
@@ -1233,8 +1271,19 @@ def check_payload_bytes(fn: Callable, *, cases: str = "all") -> CheckResult:
     def judge(fn, spec):
         n, m, scheme, rank, ratio = spec
         expected = payload_bytes([(n, m)], scheme, rank=rank, ratio=ratio, min_compression_rate=2)
-        got = _call(fn, n, m, scheme, rank, ratio, convert=_as_float)
+        raw = _call(fn, n, m, scheme, rank, ratio)
+        try:
+            got = _as_float(raw)
+        except Exception as exc:
+            raise _Fail(f"your function returned {_describe(raw)}, which is not what was asked: "
+                        f"{str(exc).rstrip('.')}.") from None
         if got == expected:
+            whole = isinstance(raw, numbers.Integral) or (
+                isinstance(raw, torch.Tensor) and not raw.is_floating_point() and not raw.is_complex())
+            if not whole:
+                raise _Fail(f"the count is right, but return it as an int (you return {_describe(raw)}): bytes "
+                            "are whole numbers, and the chapter prints them with the format :,d. Use integer "
+                            "arithmetic (math.ceil returns an int) or int(...).")
             return
         r = min(n, m, rank)
         if got * 4 == expected:
@@ -1258,8 +1307,8 @@ def check_payload_bytes(fn: Callable, *, cases: str = "all") -> CheckResult:
             hint = {"allreduce": "every entry of the matrix, 4 bytes each.",
                     "topk": "ceil(ratio * n * m) entries, value and index, 8 bytes each.",
                     "powersgd": "(n + m) r numbers of 4 bytes if (n + m) r * 2 < n m, else n m numbers."}[scheme]
-            raise _Fail(f"you return {got:,.0f} bytes, expected {expected:,d}: {hint}")
-        raise _Fail(f"you return {got:,.0f} bytes: {hint}")
+            raise _Fail(hint, f"you return {got:,.0f} bytes, expected {expected:,d}")
+        raise _Fail(hint, f"you return {got:,.0f} bytes")
 
     return _run(fn, all_cases, judge, cases,
                 "your byte counts match gradlab.compress.payload_bytes on {n} cases, including matrices too "

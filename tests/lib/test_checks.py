@@ -835,6 +835,9 @@ def test_check_payload_bytes_accepts_the_reference_and_names_mistakes():
                         (rank_uncapped, "min(n, m, rank)"), (stub, "not written yet"),
                         (lambda *a: [1, 2], "not what was asked")]:
         fails_with(checks.check_payload_bytes(wrong), says)
+    result = fails_with(checks.check_payload_bytes(lambda *a: float(payload_by_hand(*a))), "return it as an int")
+    assert len(result.failed) == 8
+    assert checks.check_payload_bytes(lambda *a: np.int64(payload_by_hand(*a))).passed
     # a recognised mistake is named without giving away the expected count
     result = checks.check_payload_bytes(numbers)
     assert "expected" not in result.message
