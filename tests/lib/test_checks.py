@@ -323,6 +323,8 @@ def test_transient_growth():
     slow = fails_with(checks.check_transient_growth(torch.tensor([[0.999, 1.0], [0.0, 0.999]])), "still grows")
     assert slow.failed == ["a decay after the peak (before k = 200)"]
     fails_with(checks.check_transient_growth("abc"), "square matrix of numbers")
+    fails_with(checks.check_transient_growth(torch.zeros(0, 0)), "square matrix")
+    fails_with(checks.check_transient_growth([[1e10, 1e10], [0.0, 1e10]]), ">= 1")  # powers overflow
     fails_with(checks.check_transient_growth([[float("nan"), 0.0], [0.0, 0.5]]), "NaN or inf")
     assert len(checks.check_transient_growth([[0.9, 30.0], [0.0, 0.9]], cases="visible").cases) == 3
 
@@ -363,6 +365,14 @@ def test_jacobian_product():
                "not W_l diag(1 - h_{l-1}**2)")
     fails_with(checks.check_jacobian_product(jacobian_with(lambda z, out, h: 1 - out**2, side="right")),
                "multiplies from the left")
+    def float64_eye(weights, x):
+        h, J = x, torch.eye(x.numel(), dtype=torch.float64)
+        for W in weights:
+            h = torch.tanh(W @ h)
+            J = torch.diag(1 - h**2) @ W @ J
+        return J
+    result = fails_with(checks.check_jacobian_product(float64_eye), "dtype=x.dtype")
+    assert result.failed == ["float32 weights and input"]
     assert checks.check_jacobian_product(lambda w, x: torch.func.jacrev(
         lambda v: torch.tanh(w[-1] @ _forward(w[:-1], v)))(x)).passed
 
@@ -494,10 +504,20 @@ def test_clip_grad_norm_names_each_mistake():
     assert result.failed == ["a parameter without .grad"]
 
 
-def test_clip_grad_norm_accepts_a_python_float_and_int_max_norm_answers():
+def test_clip_grad_norm_accepts_other_right_answers():
     def as_float(parameters, max_norm):
         return float(book_clip(parameters, max_norm))
     assert checks.check_clip_grad_norm(as_float).passed
+
+    def no_eps_and_only_when_needed(parameters, max_norm):
+        params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        params = [p for p in params if p.grad is not None]
+        total = torch.norm(torch.stack([p.grad.detach().norm() for p in params]))
+        if total > max_norm:
+            for p in params:
+                p.grad.detach().mul_(max_norm / total)
+        return total.item()
+    assert checks.check_clip_grad_norm(no_eps_and_only_when_needed).passed
 
 
 def test_unitwise_norm_checker_accepts_both_shapes_and_names_the_layout_mistake():
@@ -514,6 +534,10 @@ def test_unitwise_norm_checker_accepts_both_shapes_and_names_the_layout_mistake(
     assert dim1.failed == ["a Conv2d(3, 4, 2) kernel [4, 3, 2, 2]", "a Conv1d(3, 4, 5) kernel [4, 3, 5]"]
     fails_with(checks.check_unitwise_norm(lambda x: x.abs()), "expected 3")
     fails_with(checks.check_unitwise_norm(lambda x: unitwise_norm(x) ** 2), "squared norms")
+    no_scalar = fails_with(checks.check_unitwise_norm(lambda x: x.reshape(x.shape[0], -1).norm(dim=1)
+                                                      if x.ndim > 1 else x.norm() if x.ndim == 1 else x.shape[0]),
+                           "a scalar (a 0-d tensor, such as a learnable gain) is one unit")
+    assert no_scalar.failed == ["a 0-d gain"]
     vector = fails_with(checks.check_unitwise_norm(lambda x: x.abs() if x.ndim <= 1 else unitwise_norm(x)),
                         "counts as one unit")
     assert vector.failed == ["a bias vector [7]"]
@@ -752,6 +776,8 @@ def test_error_feedback_accepts_the_reference_and_names_mistakes():
 
 def test_soft_threshold_accepts_the_reference_and_names_mistakes():
     assert checks.check_soft_threshold(prune.soft_threshold).passed
+    assert checks.check_soft_threshold(torch.nn.functional.softshrink).passed
+    assert checks.check_soft_threshold(lambda x, t: x - x.clamp(-t, t)).passed
     fails_with(checks.check_soft_threshold(lambda x, t: x * (x.abs() > t)), "hard thresholding")
     fails_with(checks.check_soft_threshold(lambda x, t: torch.clamp(x.abs() - t, min=0)), "sign")
     fails_with(checks.check_soft_threshold(lambda x, t: x - t * torch.sign(x)), "not change sign")
@@ -773,6 +799,10 @@ def power_step(M, Q):
 
 def test_subspace_iteration_step_accepts_a_correct_step_and_names_mistakes():
     assert checks.check_subspace_iteration_step(power_step).passed
+    def svd_basis(M, Q):  # any orthonormal basis of span(M Q) will do
+        P = torch.linalg.svd(M @ Q, full_matrices=False).U
+        return P, M.T @ P
+    assert checks.check_subspace_iteration_step(svd_basis).passed
     assert checks.check_subspace_iteration_step(lambda M, Q: subspace_iteration_step(M, Q)).passed
     fails_with(checks.check_subspace_iteration_step(lambda M, Q: (M @ Q, M.T @ (M @ Q))), "orthonormal")
 
@@ -854,6 +884,11 @@ def guard(history, norm, factor):
 
 def test_spike_guard_accepts_numpy_and_tensor_booleans():
     assert checks.check_spike_guard(guard).passed
+
+    def torch_median(history, norm, factor):  # the lower middle value for an even count
+        recent = history[-20:]
+        return not math.isfinite(norm) or (bool(recent) and norm > factor * float(torch.tensor(recent).median()))
+    assert checks.check_spike_guard(torch_median).passed
     assert checks.check_spike_guard(lambda h, n, f: np.bool_(guard(h, n, f))).passed
     assert checks.check_spike_guard(lambda h, n, f: torch.tensor(guard(h, n, f))).passed
     assert checks.check_spike_guard(lambda h, n, f: int(guard(h, n, f))).passed
