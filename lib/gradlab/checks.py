@@ -1128,10 +1128,10 @@ def check_warmup(fn: Callable, *, cases: str = "all") -> CheckResult:
     ``min(1, (step + 1) / warmup_steps)`` for 0-based steps (1 when
     ``warmup_steps == 0``), against ``torch.optim.lr_scheduler.LinearLR`` with
     ``start_factor = 1 / warmup_steps`` and ``total_iters = warmup_steps - 1``.
-    Visible cases: 4 and 10 warm-up steps; hidden: 50, 1 and 0 (no warm-up)."""
+    Visible cases: 4, 10 and 0 (no warm-up) warm-up steps; hidden: 50 and 1."""
     all_cases = [_Case("warmup_steps = 4", 4), _Case("warmup_steps = 10", 10),
-                 _Case("warmup_steps = 50", 50, visible=False), _Case("warmup_steps = 1", 1, visible=False),
-                 _Case("warmup_steps = 0 (no warm-up)", 0, visible=False)]
+                 _Case("warmup_steps = 0 (no warm-up)", 0),
+                 _Case("warmup_steps = 50", 50, visible=False), _Case("warmup_steps = 1", 1, visible=False)]
     zero = ("ZeroDivisionError", "warmup_steps = 0 means no warm-up: return 1.0 before dividing by warmup_steps.")
 
     def judge(fn, w):
