@@ -3,6 +3,11 @@
     python tools/nbtools.py execute chapters/01_exploding.md [...]
         execute each chapter's MyST source at its default size and write the
         paired .ipynb with outputs (what Colab opens and the regression compares);
+    python tools/nbtools.py times
+        after `make test`: store the measured run times (the book build's default-
+        size execution, _build/default_times.json, and the quick runs,
+        _build/quick_times.json) in gradlab/benchmark_results/cpu/chapters.json and
+        write each chapter's "Time to run" line from them;
     python tools/nbtools.py compare EXECUTED.ipynb STORED.ipynb
         compare the outputs of two executions with nbval's rules;
     python tools/nbtools.py student
@@ -40,6 +45,61 @@ IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
 def chapter_sources() -> list[Path]:
     """Every chapter notebook source: chapters/*.md with a jupytext header."""
     return sorted(p for p in CHAPTERS.glob("*.md") if p.read_text().startswith("---\njupytext:"))
+
+
+TIME_LINE = re.compile(r"^\*\*Time to run\*\*[^\n]*$", re.M)
+
+
+def _about(seconds: float) -> str:
+    if seconds < 10:
+        return "under 10 s"
+    step = 5 if seconds < 100 else 10
+    return f"about {int(round(seconds / step) * step)} s"
+
+
+def time_line(record: dict, stem: str) -> str:
+    """The "Time to run" line of a chapter, from the stored measurement ``record``
+    (gradlab.benchmarks.load("chapters")["cpu"])."""
+    case = next((c for c in record["cases"] if c["chapter"] == stem), None)
+    if case is None:
+        raise KeyError(f"no measured run time for {stem}: run `make test`, then `python tools/nbtools.py times`")
+    return (f"**Time to run** (measured on a 2-core CPU, {record['device']}, with one thread; kernel start "
+            f"included): {_about(case['default_s'])} at the default size shown here, "
+            f"{_about(case['quick_s'])} with `quick=True`.")
+
+
+def store_times(build: Path) -> Path:
+    """Write the measured times of the last `make test` to the stored results and every
+    chapter's "Time to run" line; returns the results file."""
+    import json
+    import platform
+
+    import torch
+
+    quick = json.loads((build / "quick_times.json").read_text())
+    default = json.loads((build / "default_times.json").read_text())
+    cases = []
+    for src in chapter_sources():
+        key = f"chapters/{src.stem}"
+        if src.stem not in quick or key not in default:
+            raise KeyError(f"{src.stem} has no measured time in {build}: run the whole `make test` first")
+        cases.append({"chapter": src.stem, "default_s": default[key], "quick_s": quick[src.stem]["seconds"]})
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or "CPU")
+    record = {"benchmark": "chapters", "device": cpu, "device_type": "cpu", "torch": torch.__version__,
+              "threads": 1, "date": time.strftime("%Y-%m-%d"),
+              "note": "wall time of each chapter: default size in the book build, quick mode run alone",
+              "cases": cases}
+    out = ROOT / "lib" / "gradlab" / "benchmark_results" / "cpu" / "chapters.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    for src in chapter_sources():
+        text = src.read_text()
+        new = TIME_LINE.sub(time_line(record, src.stem), text, count=1)
+        if new != text:
+            src.write_text(new)
+            stored = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
+            write_paired(src, stored)
+    return out
 
 
 def student_sources() -> list[Path]:
@@ -236,6 +296,7 @@ def main(argv: list[str]) -> int:
     p_rob.add_argument("--threads", type=int, nargs="+", default=[2])
     p_rob.add_argument("--out", type=Path, default=ROOT / "_build" / "robust")
     p_rob.add_argument("--quick", action="store_true", help="quick mode on the CPU instead of the default size")
+    sub.add_parser("times")
     p_cmp = sub.add_parser("compare")
     p_cmp.add_argument("executed", type=Path)
     p_cmp.add_argument("stored", type=Path)
@@ -249,6 +310,9 @@ def main(argv: list[str]) -> int:
         for src in student_sources():
             nbformat.write(student_notebook(src), out / f"{src.stem}.ipynb")
             print(f"{src.relative_to(ROOT)} -> {(out / src.stem).relative_to(ROOT)}.ipynb")
+        return 0
+    if args.command == "times":
+        print(f"measured times stored in {store_times(ROOT / '_build').relative_to(ROOT)}; chapter headers updated")
         return 0
     if args.command == "reader":
         for src in args.sources or chapter_sources():
