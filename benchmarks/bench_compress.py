@@ -88,7 +88,8 @@ def main(argv=None) -> None:
         repeats = 20 if n <= 1024 else 5
         cases += compress_cases(n, device, repeats)
         cases += optimizer_cases(n, device, repeats)
-    path = write_results("compress", device, cases, dtype="float32",
+    path = write_results("compress-quick" if args.quick else "compress", device, cases, quick=args.quick,
+                         dtype="float32",
                          note="median time of one call; SVD is the full thin SVD of the same matrix")
     print(f"wrote {path}")
 

@@ -18,6 +18,12 @@
 All functions work in place on ``p.grad`` for parameters that have one, group
 tensors by device and dtype (so mixed CPU/CUDA and float32/float64 lists
 work), and validate their arguments with messages that say what to do.
+
+Neighbours: measuring the norm without clipping (overflow-safe, for logs) is
+:func:`gradlab.monitor.global_grad_norm`, built on the same global-norm
+function; the optimizers that step after clipping are in :mod:`gradlab.optim`;
+clipping a worker's gradient before compression is in :mod:`gradlab.ddp` and
+:class:`gradlab.compress.DGC`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@
   with a fixed stratified train/test split.
 * :func:`load_text` / :func:`encode_chars`: a public-domain (CC0) story that
   ships inside gradlab, for character-level language models.
+
+Neighbours: the models trained on these are in :mod:`gradlab.models` (and, for
+the text, :mod:`gradlab.lm`, which cuts it into training windows).
 """
 
 from __future__ import annotations

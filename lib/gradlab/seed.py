@@ -1,4 +1,8 @@
-"""One call that makes a chapter reproducible."""
+"""One call that makes a chapter reproducible.
+
+Neighbours: :mod:`gradlab.device` is the other call at the top of every
+chapter; the data generators of :mod:`gradlab.data` take their own seeds.
+"""
 
 from __future__ import annotations
 

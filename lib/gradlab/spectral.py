@@ -29,6 +29,12 @@ The singular value decomposition of an ``m x n`` matrix is
   in its top singular directions, and how far apart two subspaces are;
 * :class:`SubspaceClassifier`: one SVD basis per class, classify by the
   residual of the projection (the subspace method).
+
+Neighbours: low-rank *compression* of gradients with the same orthonormaliser
+(PowerSGD) is in :mod:`gradlab.compress`; the models whose weights and
+Jacobians this module measures are in :mod:`gradlab.models`; the case study
+(:mod:`gradlab.lm`) tracks ``sigma_max`` of its recurrent weight with
+:func:`power_iteration`.
 """
 
 from __future__ import annotations
