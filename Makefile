@@ -65,10 +65,11 @@ browser-deps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core) >/dev/null; }
 
-# Every test: lint, unit/parity, pairing, quick papermill runs, the book build
-# (the one default-size execution), output regression, and the browser checks.
+# Every test: lint, unit/parity, the benchmarks' --quick smoke runs, pairing, quick
+# papermill runs, the book build (the one default-size execution), output regression,
+# and the browser checks.
 test: $(STAMP) browser-deps lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/notebooks -q -m "not book and not browser" --durations=10
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/benchmarks tests/notebooks -q -m "not book and not browser" --durations=10
 	$(MAKE) book
 	$(MAKE) robust
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/notebooks -q -m "book or browser"

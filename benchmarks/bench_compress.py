@@ -74,7 +74,8 @@ def main(argv=None) -> None:
         cases += compress_cases(n, device, repeats)
         cases += optimizer_cases(n, device, repeats)
     # a quick (smoke-test) run never overwrites the stored full results
-    path = write_results("compress-quick" if args.quick else "compress", device, cases, dtype="float32",
+    path = write_results("compress-quick" if args.quick else "compress", device, cases, quick=args.quick,
+                         dtype="float32",
                          note="median time of one call; SVD is the full thin SVD of the same matrix")
     print(f"wrote {path}")
 

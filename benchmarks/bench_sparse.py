@@ -75,7 +75,8 @@ def main(argv=None) -> None:
             cases.append({"impl": name, "rows": rows, "dim": dim, "touched": touched,
                           "grad_bytes": rows * dim * 4 if dense else sparse_bytes, **timing})
             print(f"{name:32s} touched {touched:7d}: {timing['median_s'] * 1e3:9.3f} ms", flush=True)
-    out = write_results("sparse", device, cases, rows=rows, dim=dim)
+    out = write_results("sparse-quick" if args.quick else "sparse", device, cases, quick=args.quick,
+                        rows=rows, dim=dim)
     print("wrote", out)
 
 

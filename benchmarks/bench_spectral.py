@@ -134,7 +134,8 @@ def main(argv=None) -> None:
     cases = []
     for n in sizes:
         cases += bench_size(n, device)
-    out = write_results("spectral", device, cases, rank=RANK, oversample=OVERSAMPLE,
+    out = write_results("spectral-quick" if args.quick else "spectral", device, cases, quick=args.quick,
+                        rank=RANK, oversample=OVERSAMPLE,
                         power_iters=POWER_ITERS, spectrum="sigma_i ~ 1/i (scaled Gaussian factors), float32")
     print("wrote", out)
 

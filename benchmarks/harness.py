@@ -25,12 +25,18 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "lib" / "gradlab" / "benchmark_results"
+# where write_results puts its JSON: RESULTS, unless --results names another folder
+_out_dir = RESULTS
 
 
-def cli(doc: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device]:
+def cli(doc: str, argv: list[str] | None = None,
+        extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, torch.device]:
     """The options every benchmark takes: ``--device`` (auto/cpu/cuda[:N]), ``--quick``
-    (smallest sizes) and ``--threads`` (CPU threads for torch; 0 keeps torch's default).
-    Returns the parsed arguments and the resolved device."""
+    (smallest sizes), ``--threads`` (CPU threads for torch; 0 keeps torch's default) and
+    ``--results`` (the folder written to, ``lib/gradlab/benchmark_results`` by default; the smoke
+    test passes a temporary one); ``extra`` adds a script's own options. Returns the parsed
+    arguments and the resolved device."""
+    global _out_dir
     from gradlab import resolve_device
 
     ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
@@ -39,7 +45,12 @@ def cli(doc: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, to
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for torch (0: torch's default). On a shared 2-core machine "
                          "--threads 1 avoids OpenMP stalls that make small kernels look slow.")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="folder for the JSON results (default: lib/gradlab/benchmark_results)")
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args(argv)
+    _out_dir = args.results
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     return args, resolve_device(args.device)
@@ -89,8 +100,8 @@ def time_it(fn: Callable[[], object], device: torch.device, *, repeats: int = 20
 
 
 def write_results(name: str, device: torch.device, cases: list[dict], **extra) -> Path:
-    """Write ``results/<device-slug>/<name>.json`` and return its path."""
-    out = RESULTS / device_slug(device) / f"{name}.json"
+    """Write ``<results>/<device-slug>/<name>.json`` and return its path."""
+    out = _out_dir / device_slug(device) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,

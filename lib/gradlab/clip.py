@@ -18,16 +18,26 @@
 All functions work in place on ``p.grad`` for parameters that have one, group
 tensors by device and dtype (so mixed CPU/CUDA and float32/float64 lists
 work), and validate their arguments with messages that say what to do.
+
+Neighbours: measuring the norm without clipping (overflow-safe, for logs) is
+:func:`gradlab.monitor.global_grad_norm`, built on the same global-norm
+function; the optimizers that step after clipping are in :mod:`gradlab.optim`;
+clipping a worker's gradient before compression is in :mod:`gradlab.ddp` and
+:class:`gradlab.compress.DGC`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
+import types
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
 import torch
+
+from gradlab import _validate
+from gradlab._tensors import global_norm, group_by_device_dtype, use_foreach
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "adaptive_clip_grad_", "unitwise_norm",
            "AdaptiveClipper", "FlatGradients"]
@@ -41,8 +51,10 @@ def _grads(parameters: _Params) -> list[torch.Tensor]:
     return [p.grad for p in parameters if p.grad is not None]
 
 
-_NORM_HINT = ("Typical values are 0.1 to 10: pick one from the gradient norms you observe "
-              "(e.g. their 90th percentile).")
+_NORM_HINT = ("typical values are 0.1 to 10: pick one from the gradient norms you observe "
+              "(e.g. their 90th percentile)")
+_VALUE_HINT = ("it is the largest magnitude allowed for one gradient entry: pick it from the "
+               "magnitudes of the entries you observe (e.g. their 99th percentile)")
 
 
 def _check_threshold(name: str, value: float, hint: str = _NORM_HINT) -> float:
@@ -52,64 +64,36 @@ def _check_threshold(name: str, value: float, hint: str = _NORM_HINT) -> float:
     functions accept them); booleans, strings and non-positive or non-finite
     values are not.
     """
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"{name} must be one number, got a tensor of shape {tuple(value.shape)}")
-        value = float(value)
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}. {hint}")
-    return value
+    return _validate.positive(name, value, finite=True, hint=hint)
 
 
 def _check_norm_type(norm_type: float) -> float:
-    norm_type = float(norm_type)
-    if not (norm_type == math.inf or norm_type > 0):
-        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
-    return norm_type
+    return _validate.norm_order("norm_type", norm_type)
 
 
-def _group(grads: list[torch.Tensor]) -> dict[tuple, list[torch.Tensor]]:
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
-    for g in grads:
-        groups[(g.device, g.dtype)].append(g)
-    return groups
+def _warn_if_empty_generator(parameters: _Params) -> list | _Params:
+    """``parameters``, listed if it was a generator; warns, as torch does, when that generator was empty."""
+    if isinstance(parameters, types.GeneratorType):
+        parameters = list(parameters)
+        if not parameters:
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    return parameters
 
 
-_FOREACH_DEVICES = ("cpu", "cuda", "xpu")
+def _total_norm(grads: list[torch.Tensor], norm_type: float, foreach: bool | None) -> torch.Tensor:
+    """The global norm as torch computes it: each (device, dtype) group in its own dtype,
+    on the first gradient's device."""
+    return global_norm(grads, norm_type, dtype=None, foreach=foreach)
 
 
-def _use_foreach(foreach: bool | None, device: torch.device) -> bool:
-    if foreach is None:
-        return device.type in _FOREACH_DEVICES
-    if foreach and device.type not in _FOREACH_DEVICES:
-        raise RuntimeError(f"foreach=True was passed, but the multi-tensor kernels do not support "
-                           f"{device.type} tensors; pass foreach=None (or False) to use the per-tensor loop")
-    return foreach
-
-
-def _total_norm(groups: dict[tuple, list[torch.Tensor]], norm_type: float, foreach: bool | None,
-                out_device: torch.device) -> torch.Tensor:
-    """The ``norm_type``-norm of all tensors in ``groups`` together, on ``out_device``."""
-    norms: list[torch.Tensor] = []
-    for (device, _), gs in groups.items():
-        if _use_foreach(foreach, device):
-            norms.extend(torch._foreach_norm(gs, norm_type))
-        else:
-            norms.extend(torch.linalg.vector_norm(g, norm_type) for g in gs)
-    return torch.linalg.vector_norm(torch.stack([n.to(out_device) for n in norms]), norm_type)
-
-
-def _scale_to_max_norm_(groups: dict[tuple, list[torch.Tensor]], total: torch.Tensor, max_norm: float,
+def _scale_to_max_norm_(grads: list[torch.Tensor], total: torch.Tensor, max_norm: float,
                         foreach: bool | None) -> None:
-    """Multiply every tensor in ``groups`` in place by ``min(1, max_norm / (total + 1e-6))``
+    """Multiply every tensor in ``grads`` in place by ``min(1, max_norm / (total + 1e-6))``
     (torch's factor), without a host synchronisation."""
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for (device, _), gs in groups.items():
+    for (device, _), (gs,) in group_by_device_dtype(grads).items():
         c = coef.to(device)
-        if _use_foreach(foreach, device):
+        if use_foreach(foreach, [device]):
             torch._foreach_mul_(gs, c)
         else:
             for g in gs:
@@ -142,7 +126,10 @@ def clip_grad_norm_(
 
     ``foreach=None`` uses the multi-tensor (``torch._foreach_*``) kernels on
     CPU and CUDA; ``False`` is the readable per-tensor loop. The norm of each
-    (device, dtype) group is computed in its own dtype, as torch does.
+    (device, dtype) group is computed in its own dtype, as torch does (so float32
+    gradients of 1e20 give an infinite norm, as in torch; the overflow-safe norm
+    for logging is :func:`gradlab.monitor.global_grad_norm`). Like torch, it warns
+    when ``parameters`` is an empty generator (no clipping will occur).
 
     Raises ``ValueError`` for ``max_norm <= 0`` (where torch silently flips or
     zeroes gradients) and, with ``error_if_nonfinite=True``, ``RuntimeError``
@@ -155,14 +142,13 @@ def clip_grad_norm_(
     """
     max_norm = _check_threshold("max_norm", max_norm)
     norm_type = _check_norm_type(norm_type)
-    grads = _grads(parameters)
+    grads = _grads(_warn_if_empty_generator(parameters))
     if not grads:
         return torch.tensor(0.0)
-    groups = _group(grads)
-    total = _total_norm(groups, norm_type, foreach, grads[0].device)
+    total = _total_norm(grads, norm_type, foreach)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
-    _scale_to_max_norm_(groups, total, max_norm, foreach)
+    _scale_to_max_norm_(grads, total, max_norm, foreach)
     return total
 
 
@@ -172,10 +158,10 @@ def clip_grad_value_(parameters: _Params, clip_value: float, foreach: bool | Non
     Unlike norm clipping this changes the direction of the update: a gradient
     ``(100, 1)`` clipped at 1 becomes ``(1, 1)``.
     """
-    clip_value = _check_threshold("clip_value", clip_value)
+    clip_value = _check_threshold("clip_value", clip_value, _VALUE_HINT)
     grads = _grads(parameters)
-    for (device, _), gs in _group(grads).items():
-        if _use_foreach(foreach, device):
+    for (device, _), (gs,) in group_by_device_dtype(grads).items():
+        if use_foreach(foreach, [device]):
             torch._foreach_clamp_min_(gs, -clip_value)
             torch._foreach_clamp_max_(gs, clip_value)
         else:
@@ -263,16 +249,16 @@ class AdaptiveClipper:
     def __init__(self, quantile: float = 0.9, window: int | None = 200, factor: float = 1.0,
                  warmup: int = 20, norm_type: float = 2.0, initial: float = math.inf,
                  error_if_nonfinite: bool = False) -> None:
-        if not 0.0 < quantile <= 1.0:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}; 0.9 clips the top 10 % of norms")
-        if window is not None and (not isinstance(window, int) or window < 1):
-            raise ValueError(f"window must be a positive int (or None for the whole history), got {window!r}")
-        if not isinstance(warmup, int) or warmup < 1 or (window is not None and warmup > window):
-            raise ValueError(f"warmup must be an int in [1, window={window}], got {warmup!r}")
+        _validate.in_range("quantile", quantile, 0.0, 1.0, low_open=True,
+                           hint="0.9 clips the top 10 % of norms")
+        if window is not None:
+            _validate.integer("window", window, 1, hint="or None for the whole history")
+        _validate.integer("warmup", warmup, 1, window,
+                          hint="the number of norms seen before the quantile is used")
         self.quantile = quantile
         self.window = window
         self.factor = _check_threshold("factor", factor, "1 clips at the quantile itself; 2 to 5 only "
-                                                         "catches spikes well above it.")
+                                                         "catches spikes well above it")
         self.warmup = warmup
         self.norm_type = _check_norm_type(norm_type)
         self.initial = math.inf if initial == math.inf else _check_threshold("initial", initial)
@@ -293,8 +279,7 @@ class AdaptiveClipper:
         limit = self.threshold()
         if math.isinf(limit):
             grads = _grads(params)
-            total = (_total_norm(_group(grads), self.norm_type, None, grads[0].device)
-                     if grads else torch.tensor(0.0))
+            total = _total_norm(grads, self.norm_type, None) if grads else torch.tensor(0.0)
             if self.error_if_nonfinite:
                 _raise_if_nonfinite(total, self.norm_type)
         else:
@@ -355,8 +340,9 @@ class FlatGradients:
             raise ValueError("no parameter requires a gradient: pass model.parameters() of a model "
                              "you train (FlatGradients keeps their gradients in one buffer)")
         if any(p.is_sparse for p in self.params):
-            raise ValueError("sparse parameters cannot share a dense gradient buffer; clip them with "
-                             "clip_grad_norm_ instead")
+            raise ValueError("sparse parameters cannot share a dense gradient buffer; leave them out "
+                             "of FlatGradients (sparse gradients of dense parameters are fine: they "
+                             "are copied into the buffer densely)")
         sizes: dict[tuple, int] = defaultdict(int)
         self._slot: list[tuple[tuple, int]] = []
         for p in self.params:
@@ -395,8 +381,8 @@ class FlatGradients:
         # In chunks: one float32 reduction over millions of entries can lose digits
         # (a relative error of 6e-4 at 2**24 entries with torch 2.13 on a CPU); the
         # chunks' norms, combined, are as accurate as torch's per-tensor path.
-        chunks = {key: list(buf.split(self.CHUNK)) for key, buf in self.buffers.items()}
-        return _total_norm(chunks, norm_type, None, self._slot[0][0][0])
+        chunks = [chunk for buf in self.buffers.values() for chunk in buf.split(self.CHUNK)]
+        return _total_norm(chunks, norm_type, None)
 
     def clip_norm_(self, max_norm: float, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False) -> torch.Tensor:
@@ -406,12 +392,12 @@ class FlatGradients:
         total = self.norm(norm_type)
         if error_if_nonfinite:
             _raise_if_nonfinite(total, norm_type)
-        _scale_to_max_norm_({key: [buf] for key, buf in self.buffers.items()}, total, max_norm, None)
+        _scale_to_max_norm_(list(self.buffers.values()), total, max_norm, None)
         return total
 
     def clip_value_(self, clip_value: float) -> None:
         """Clamp every gradient entry to ``[-clip_value, clip_value]`` (one pass per buffer)."""
-        clip_value = _check_threshold("clip_value", clip_value)
+        clip_value = _check_threshold("clip_value", clip_value, _VALUE_HINT)
         self.bind_()
         for buf in self.buffers.values():
             buf.clamp_(-clip_value, clip_value)

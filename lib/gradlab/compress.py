@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import torch
 
+from gradlab import _validate
+from gradlab._tensors import global_norm
 from gradlab.spectral import orthonormalize
 
 __all__ = [
@@ -75,11 +77,7 @@ class Compressed(NamedTuple):
 
 
 def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be between 0 and the number of entries {n}, got {k}")
-    return k
+    return _validate.integer("k", k, 0, n, hint=f"the number of entries to send, of the tensor's {n}")
 
 
 def topk(x: torch.Tensor, k: int) -> Compressed:
@@ -180,12 +178,10 @@ class DGC:
 
     def __init__(self, k: int, momentum: float = 0.9, clip_norm: float | None = None,
                  momentum_masking: bool = True) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
+        _validate.integer("k", k, 1, hint="the number of entries sent per step")
+        _validate.unit("momentum", momentum)
+        if clip_norm is not None:
+            _validate.positive("clip_norm", clip_norm, hint="or None for no local clipping")
         self.k, self.momentum, self.clip_norm = k, momentum, clip_norm
         self.momentum_masking = momentum_masking
         self.u: torch.Tensor | None = None
@@ -217,16 +213,11 @@ AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _check_rank(rank: int) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"rank must be an int, got {type(rank).__name__}")
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}; rank 1 is the strongest compression")
-    return rank
+    return _validate.integer("rank", rank, 1, hint="rank 1 is the strongest compression")
 
 
 def _check_world_size(world_size: int, allreduce) -> int:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1 (the number of workers), got {world_size!r}")
+    world_size = _validate.integer("world_size", world_size, 1, hint="the number of workers")
     if allreduce is None and world_size != 1:
         raise ValueError(f"world_size={world_size} without allreduce: the result would be divided by "
                          f"{world_size} with nothing summed. Pass the all-reduce that sums over the "
@@ -237,9 +228,12 @@ def _check_world_size(world_size: int, allreduce) -> int:
 def _as_matrix(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype not in (torch.float32, torch.float64):
+    if tensor.dtype in (torch.float16, torch.bfloat16):
         raise TypeError(f"{what} must be a float32 or float64 tensor, got {tensor.dtype}; the QR "
                         "factorisation has no half-precision kernels, so cast with .float() first")
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{what} must be a float32 or float64 tensor, got {tensor.dtype}; PowerSGD "
+                        "compresses real floating-point gradients: cast with .float()")
     if tensor.dim() < 2:
         raise ValueError(
             f"{what} has shape {tuple(tensor.shape)}: low-rank compression needs a matrix (2 or more "
@@ -249,11 +243,9 @@ def _as_matrix(tensor: torch.Tensor, what: str = "tensor") -> torch.Tensor:
 
 
 def _check_rate(min_compression_rate: float) -> float:
-    if isinstance(min_compression_rate, bool) or not isinstance(min_compression_rate, (int, float)) \
-            or not min_compression_rate >= 0:
-        raise ValueError(f"min_compression_rate must be a number >= 0 (0 compresses every matrix, torch's "
-                         f"default 2 only those that shrink by more than 2x), got {min_compression_rate!r}")
-    return float(min_compression_rate)
+    return _validate.nonneg("min_compression_rate", min_compression_rate,
+                            hint="0 compresses every matrix, torch's default 2 only those that shrink "
+                                 "by more than 2x")
 
 
 def _split_like(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -352,9 +344,8 @@ class PowerSGD:
 
     def __init__(self, rank: int = 1, *, warm_start: bool = True, error_feedback: bool = True,
                  seed: int = 0, nonfinite: str = "skip") -> None:
-        if nonfinite not in ("skip", "raise"):
-            raise ValueError(f"nonfinite must be 'skip' (pass non-finite gradients through uncompressed) "
-                             f"or 'raise', got {nonfinite!r}")
+        _validate.one_of("nonfinite", nonfinite, ("skip", "raise"),
+                         hint="'skip' passes non-finite gradients through uncompressed")
         self.rank = _check_rank(rank)
         self.warm_start = bool(warm_start)
         self.error_feedback = bool(error_feedback)
@@ -441,10 +432,7 @@ class PowerSGD:
         """``sqrt(sum_key ||e_key||^2)``: watch it; steady growth means the
         compressor drops more each step than it re-injects (too low a rank or
         too high a learning rate)."""
-        if not self.errors:
-            return 0.0
-        return math.sqrt(sum(float(torch.linalg.vector_norm(e, dtype=torch.float64)) ** 2
-                             for e in self.errors.values()))
+        return float(global_norm(self.errors.values())) if self.errors else 0.0
 
     def reset(self) -> None:
         """Forget errors and warm-start matrices."""
@@ -466,24 +454,21 @@ def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1
       :func:`should_compress` (``min_compression_rate=2`` is torch's default, as
       in :class:`PowerSGDState`), all entries of the others.
     """
+    _validate.one_of("scheme", scheme, ("allreduce", "topk", "powersgd"))
     for name, value in (("element_size", element_size), ("index_size", index_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1 (bytes per number, 4 for float32/int32), got {value!r}")
+        _validate.integer(name, value, 1, hint="bytes per number, 4 for float32/int32")
     shapes = [tuple(int(s) for s in shape) for shape in shapes]
     if scheme == "allreduce":
         return sum(math.prod(s) for s in shapes) * element_size
     if scheme == "topk":
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        _validate.in_range("ratio", ratio, 0.0, 1.0, low_open=True, hint="the fraction of entries sent")
         return sum(math.ceil(ratio * math.prod(s)) for s in shapes) * (element_size + index_size)
-    if scheme == "powersgd":
-        rank = _check_rank(rank)
-        total = 0
-        for s in shapes:
-            if should_compress(s, rank, min_compression_rate):
-                n, m = s[0], math.prod(s[1:])
-                total += (n + m) * min(n, m, rank)
-            else:
-                total += math.prod(s)
-        return total * element_size
-    raise ValueError(f"scheme must be 'allreduce', 'topk' or 'powersgd', got {scheme!r}")
+    rank = _check_rank(rank)  # "powersgd"
+    total = 0
+    for s in shapes:
+        if should_compress(s, rank, min_compression_rate):
+            n, m = s[0], math.prod(s[1:])
+            total += (n + m) * min(n, m, rank)
+        else:
+            total += math.prod(s)
+    return total * element_size

@@ -9,6 +9,9 @@
   with a fixed stratified train/test split.
 * :func:`load_text` / :func:`encode_chars`: a public-domain (CC0) story that
   ships inside gradlab, for character-level language models.
+
+Neighbours: the models trained on these are in :mod:`gradlab.models` (and, for
+the text, :mod:`gradlab.lm`, which cuts it into training windows).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from gradlab import _validate
 
 __all__ = ["adding_problem", "teacher_student", "load_digits", "Split", "load_text", "encode_chars"]
 
@@ -49,10 +54,8 @@ def adding_problem(
     The answer depends on inputs up to ``T`` steps back, which is what makes
     the gradients of a recurrent network travel through long Jacobian products.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not isinstance(T, int) or T < 2:
-        raise ValueError(f"T must be an int >= 2 (two markers are needed), got {T!r}")
+    _validate.integer("n", n, 1)
+    _validate.integer("T", T, 2, hint="two markers are needed")
     g = _generator(seed, generator)
     values = torch.rand(n, T, generator=g, dtype=dtype)
     half = T // 2
@@ -84,10 +87,8 @@ def teacher_student(
     variance ``1/fan_in``. A student of at least the teacher's size can reach a
     mean squared error of ``noise**2``. Returns ``(x, y, teacher)``.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    _validate.integer("n", n, 1)
+    _validate.nonneg("noise", noise, hint="the standard deviation of the noise added to the targets")
     g = _generator(seed, generator)
     w1 = torch.randn(hidden, in_features, generator=g, dtype=dtype) / in_features**0.5
     w2 = torch.randn(out_features, hidden, generator=g, dtype=dtype) / hidden**0.5
@@ -123,8 +124,7 @@ def load_digits(test_fraction: float = 0.25, *, seed: int = 0,
     split is stratified by class and fixed by ``seed``. The data ship inside
     scikit-learn (``sklearn.datasets.load_digits``), so nothing is downloaded.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _validate.in_range("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
     from sklearn.datasets import load_digits as _sk_load_digits
 
     bunch = _sk_load_digits()

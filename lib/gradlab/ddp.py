@@ -14,7 +14,8 @@ r"""Data-parallel training with compressed communication.
   ``torchrun`` as a module (see below).
 
 Neighbours: the compressors themselves (PowerSGD, top-k, error feedback) are in
-:mod:`gradlab.compress`.
+:mod:`gradlab.compress`; the multi-process training script that registers
+these hooks is :mod:`gradlab.ddp_train`.
 """
 
 # No `from __future__ import annotations` here: DDP checks that a hook's return annotation
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gradlab import _validate
 from gradlab.compress import PowerSGD, _check_rank, _check_rate, should_compress
 
 __all__ = ["CommStats", "allreduce_hook", "PowerSGDState", "powerSGD_hook"]
@@ -98,12 +100,11 @@ class PowerSGDState(CommStats):
                  use_error_feedback: bool = True, warm_start: bool = True, random_seed: int = 0,
                  max_norm: float | None = None, nonfinite: str = "skip") -> None:
         super().__init__(process_group=process_group)
-        if isinstance(start_powerSGD_iter, bool) or not isinstance(start_powerSGD_iter, int) \
-                or start_powerSGD_iter < 0:
-            raise ValueError(f"start_powerSGD_iter must be an int >= 0, got {start_powerSGD_iter!r}")
+        _validate.integer("start_powerSGD_iter", start_powerSGD_iter, 0,
+                          hint="the steps all-reduced uncompressed before PowerSGD starts")
         _check_rate(min_compression_rate)
-        if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
-            raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm}")
+        if max_norm is not None:
+            _validate.positive("max_norm", max_norm, finite=True, hint="or None for no local clipping")
         self.matrix_approximation_rank = _check_rank(matrix_approximation_rank)
         self.start_powerSGD_iter = start_powerSGD_iter
         self.min_compression_rate = float(min_compression_rate)

@@ -28,6 +28,9 @@ every hook here communicates: the payload each worker hands to all-reduce.
 Rank 0 writes one JSON object with one entry per run (``--out -`` prints it).
 The script ships inside gradlab, so it runs wherever gradlab is installed
 (Colab included), with ``-m gradlab.ddp_train`` instead of a file path.
+
+Neighbours: the hooks it registers are in :mod:`gradlab.ddp`, the compressor
+behind them in :mod:`gradlab.compress`, the data in :mod:`gradlab.data`.
 """
 
 from __future__ import annotations

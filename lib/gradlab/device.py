@@ -4,6 +4,10 @@ A chapter says ``device="auto"`` by default; readers may pass ``"cpu"``,
 ``"cuda"`` or ``"cuda:N"`` (papermill ``-p device cuda``). Asking for a GPU on a
 machine without one is an error that says what to do, never a silent fall-back
 to the CPU: a reader who asked for the GPU should know they are not on it.
+
+Neighbours: :mod:`gradlab.seed` is the other call at the top of every chapter;
+:func:`gradlab.lm.train_char_lm` and the benchmarks resolve their ``device``
+here too.
 """
 
 from __future__ import annotations

@@ -12,10 +12,9 @@ Neighbours: PowerSGD, which compresses what is *sent* rather than what is
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from gradlab import _validate
 from gradlab.compress import _check_rank
 
 __all__ = ["GaLoreAdamW", "optimizer_state_bytes"]
@@ -44,14 +43,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        _validate.nonneg("lr", lr)
+        for i, b in enumerate(_validate.pair("betas", betas, "(beta1, beta2)")):
+            _validate.unit(f"betas[{i}]", b)
+        _validate.nonneg("eps", eps)
+        _validate.nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "rank": None, "update_proj_gap": 200, "scale": 0.25}
         super().__init__(params, defaults)  # calls add_param_group, which checks each group
@@ -74,12 +70,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if group["rank"] is None:
             return
         rank = _check_rank(group["rank"])
-        gap = group["update_proj_gap"]
-        if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
-            raise ValueError(f"update_proj_gap must be an int >= 1, got {gap!r}")
-        scale = group["scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite number > 0 (the paper uses 0.25), got {scale!r}")
+        _validate.integer("update_proj_gap", group["update_proj_gap"], 1,
+                          hint="the steps between two SVDs of the gradient (the paper uses 200)")
+        _validate.positive("scale", group["scale"], finite=True, hint="the paper uses 0.25")
         for p in group["params"]:
             if p.dim() != 2:
                 raise ValueError(f"GaLore projects matrices; a parameter of shape {tuple(p.shape)} is in "
@@ -108,8 +101,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad
+                _validate.floating_param("gradlab.galore.GaLoreAdamW", p)
                 if grad.is_sparse:
-                    raise RuntimeError("GaLoreAdamW does not support sparse gradients")
+                    raise RuntimeError("GaLoreAdamW does not support sparse gradients; use "
+                                       "torch.optim.SparseAdam or the optimizers in gradlab.sparse")
                 state = self.state[p]
                 if not state:
                     state["step"] = 0

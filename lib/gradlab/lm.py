@@ -17,8 +17,13 @@ knobs of the usual remedies:
 * :func:`evaluate`, :func:`sample`.
 
 The loop uses the book's own parts: :class:`gradlab.optim.Adam` /
-:class:`~gradlab.optim.AdamW`, :func:`gradlab.clip.clip_grad_norm_` and
-:func:`gradlab.spectral.power_iteration`.
+:class:`~gradlab.optim.AdamW`, :func:`gradlab.clip.clip_grad_norm_`,
+:func:`gradlab.spectral.power_iteration` and the overflow-safe global norm of
+:func:`gradlab.monitor.global_grad_norm`.
+
+Neighbours: the text it trains on ships with :mod:`gradlab.data`; the signals
+it logs are those of :mod:`gradlab.monitor`, the remedies it applies those of
+:mod:`gradlab.clip` and :mod:`gradlab.optim`.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradlab import _validate
 from gradlab import clip as _clip
 from gradlab import optim as _optim
 from gradlab import spectral as _spectral
+from gradlab._tensors import global_norm
 from gradlab.data import encode_chars
+from gradlab.device import resolve_device
 
 __all__ = [
     "CharRNN",
@@ -75,17 +83,14 @@ class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int = 256, embedding_dim: int = 32,
                  num_layers: int = 1, cell: str = "lstm", init: str = "default") -> None:
         super().__init__()
-        if cell not in _CELLS:
-            raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        _validate.one_of("cell", cell, _CELLS)
+        _validate.one_of("init", init, _INITS)
         if init == "forget_bias" and cell != "lstm":
             raise ValueError(f"a {cell.upper()} has no forget gate, so init='forget_bias' would change "
                              "nothing; use it with cell='lstm', or init='orthogonal' for a GRU")
         for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
                             ("embedding_dim", embedding_dim), ("num_layers", num_layers)):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _validate.integer(name, value, 1)
         self.cell = cell
         self.embed = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = _CELLS[cell](embedding_dim, hidden_size, num_layers, batch_first=True)
@@ -146,8 +151,7 @@ class CharTransformer(nn.Module):
 def char_splits(text: str, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``(train_codes, val_codes, vocabulary)``: the first ``1 - val_fraction`` of
     the text for training, the rest (a contiguous tail, unseen) for validation."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    _validate.in_range("val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     codes, vocab = encode_chars(text)
     split = int(round(len(codes) * (1 - val_fraction)))
     return codes[:split], codes[split:], vocab
@@ -170,8 +174,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     """Linear warm-up: the learning rate of (0-based) ``step`` is
     ``lr * min(1, (step + 1) / warmup_steps)``; ``warmup_steps=0`` means none.
     Use it as ``LambdaLR(opt, lambda s: warmup_factor(s, w))``."""
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    _validate.integer("warmup_steps", warmup_steps, 0)
     if warmup_steps == 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
@@ -200,15 +203,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.model not in (*_CELLS, "transformer"):
-            raise ValueError(f"model must be 'lstm', 'gru' or 'transformer', got {self.model!r}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be None (no clipping) or > 0, got {self.clip}")
+        _validate.one_of("model", self.model, (*_CELLS, "transformer"))
+        _validate.one_of("optimizer", self.optimizer, ("adam", "adamw"))
+        if self.clip is not None:
+            _validate.positive("clip", self.clip, hint="the max_norm of global-norm clipping, or None for none")
         for name in ("steps", "batch_size", "seq_len", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _validate.integer(name, getattr(self, name), 1)
         warmup_factor(0, self.warmup_steps)
 
 
@@ -237,9 +237,6 @@ class TrainRecord:
     sigma_hh_init: float = float("nan")
     nonfinite_step: int | None = None
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
@@ -299,8 +296,7 @@ def sample(model: nn.Module, vocab: list[str], prompt: str, length: int = 200,
     missing = sorted(set(prompt) - set(index))
     if missing:
         raise ValueError(f"prompt has characters outside the vocabulary: {missing}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _validate.positive("temperature", temperature)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -342,7 +338,7 @@ def train_char_lm(config: TrainConfig, train_codes: torch.Tensor, val_codes: tor
     it. Stops at the first non-finite loss or gradient and records the step.
     Returns ``(model, record)``.
     """
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if model is None:
         model = build_model(config, vocab_size)
     model = model.to(dev)
@@ -372,17 +368,18 @@ def train_char_lm(config: TrainConfig, train_codes: torch.Tensor, val_codes: tor
         loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # Squared norms summed in float64, not monitor.grad_norms: that takes each norm in the
-        # gradient's dtype, and float32 overflows to inf for the spikes this loop is meant to log.
-        sq = {g: 0.0 for g in rec.groups}
+        # accumulated in float64 (global_norm's default): in float32 the spikes this loop
+        # is meant to log would overflow to inf
+        by_group = {g: [] for g in rec.groups}
         for n, p in zip(names, params):
             if p.grad is not None:
-                sq[groups[n]] += float(p.grad.detach().double().pow(2).sum())
-        total = math.sqrt(sum(sq.values()))
+                by_group[groups[n]].append(p.grad.detach())
+        norms = {g: global_norm(gs) for g, gs in by_group.items()}
+        total = float(global_norm(norms.values()))  # the norm of the groups' norms
         rec.loss.append(float(loss.detach()))
         rec.grad_norm.append(total)
-        for g, s in sq.items():
-            rec.groups[g].append(math.sqrt(s))
+        for g, v in norms.items():
+            rec.groups[g].append(float(v))
         if not (math.isfinite(rec.loss[-1]) and math.isfinite(total)):
             rec.nonfinite_step = step
             break

@@ -9,6 +9,11 @@
 * :class:`LSTMRegressor`: ``torch.nn.LSTM`` plus a read-out, the usual baseline.
 * :func:`single_unit_rnn`: the one-neuron recurrence of Pascanu et al. (2013),
   ``x_t = w * sigmoid(x_{t-1}) + b``, vectorised over grids of ``(w, b)``.
+
+Neighbours: the data these models train on are in :mod:`gradlab.data`, the
+tools that watch their gradients in :mod:`gradlab.monitor`; orthogonal
+initialisation of whole models is :func:`gradlab.spectral.init_orthogonal_`,
+and the case study's character-level models are in :mod:`gradlab.lm`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from gradlab import _validate
 
 __all__ = [
     "ACTIVATIONS",
@@ -57,10 +64,8 @@ def init_linear_(layer: nn.Linear, init: str = "default", gain: float = 1.0) -> 
 
     ``gain`` is ignored for ``"default"``, which reproduces ``nn.Linear.reset_parameters``.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a finite number > 0, got {gain!r}")
+    _validate.one_of("init", init, INITS)
+    _validate.positive("gain", gain, finite=True)
     weight = layer.weight
     fan_out, fan_in = weight.shape
     with torch.no_grad():
@@ -117,10 +122,8 @@ class MLP(nn.Module):
         super().__init__()
         for name, value in (("in_features", in_features), ("width", width),
                             ("depth", depth), ("out_features", out_features)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+            _validate.integer(name, value, 1)
+        _validate.one_of("activation", activation, ACTIVATIONS)
         sizes = [in_features] + [width] * (depth - 1) + [out_features]
         self.layers = nn.ModuleList(
             init_linear_(nn.Linear(a, b, bias=bias), init, gain) for a, b in zip(sizes[:-1], sizes[1:])
@@ -163,14 +166,9 @@ class VanillaRNN(nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("output_size", output_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if nonlinearity not in ("tanh", "relu", "linear"):
-            raise ValueError(f"nonlinearity must be 'tanh', 'relu' or 'linear', got {nonlinearity!r}")
-        if recurrent_init not in ("orthogonal", "gaussian", "identity"):
-            raise ValueError(
-                f"recurrent_init must be 'orthogonal', 'gaussian' or 'identity', got {recurrent_init!r}"
-            )
+            _validate.integer(name, value, 1)
+        _validate.one_of("nonlinearity", nonlinearity, ("tanh", "relu", "linear"))
+        _validate.one_of("recurrent_init", recurrent_init, ("orthogonal", "gaussian", "identity"))
         self.hidden_size = hidden_size
         self.input = nn.Linear(input_size, hidden_size)
         self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -238,8 +236,7 @@ def single_unit_rnn(w: torch.Tensor, b: torch.Tensor, x0: float = 0.5, steps: in
     bifurcation, and across a narrow band of ``b`` the end point ``x_steps``
     jumps from one attractor to the other.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    _validate.integer("steps", steps, 1)
     w, b = torch.broadcast_tensors(torch.as_tensor(w), torch.as_tensor(b))
     x = torch.full_like(w, float(x0))
     for _ in range(steps):

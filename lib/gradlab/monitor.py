@@ -3,9 +3,15 @@
 The three signals a practitioner logs to catch explosion early:
 
 1. the global gradient norm ``||g||_2 = sqrt(sum_p ||g_p||_2^2)`` and its
-   per-layer parts (:func:`grad_norms`, :class:`GradNormMonitor`);
+   per-layer parts (:func:`global_grad_norm`, :func:`grad_norms`,
+   :class:`GradNormMonitor`), accumulated in float64 so that the very spikes
+   they are meant to log do not overflow to ``inf``;
 2. non-finite values (:func:`find_nonfinite`, :func:`assert_finite`);
 3. loss spikes relative to the recent past (:func:`detect_spikes`).
+
+Neighbours: acting on the norm (clipping) is :mod:`gradlab.clip`; the models
+the first chapter watches are in :mod:`gradlab.models`; the case study's
+training loop (:mod:`gradlab.lm`) logs the same signals per step.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from gradlab import _validate
+from gradlab._tensors import global_norm
 
 __all__ = [
     "NonFiniteError",
@@ -46,27 +55,33 @@ def _named(params) -> list[tuple[str, torch.Tensor]]:
     return [(str(i), p) for i, p in enumerate(items)]
 
 
-def grad_norms(params, norm_type: float = 2.0) -> dict[str, float]:
-    """``{name: ||grad||}`` for every parameter that has a gradient.
+def grad_norms(params, norm_type: float = 2.0, *, dtype: torch.dtype = torch.float64) -> dict[str, float]:
+    """``{name: ||grad||}`` for every parameter that has a gradient, accumulated in
+    ``dtype`` (float64: no overflow for float32 gradients; see :func:`global_grad_norm`).
 
     ``params`` is a module, an iterable of tensors, or of ``(name, tensor)`` pairs.
     """
+    norm_type = _validate.norm_order("norm_type", norm_type)
     return {
-        name: float(torch.linalg.vector_norm(p.grad.detach(), norm_type))
+        name: float(global_norm([p.grad.detach()], norm_type, dtype=dtype))
         for name, p in _named(params)
         if p.grad is not None
     }
 
 
-def global_grad_norm(params, norm_type: float = 2.0) -> float:
-    """The norm of all gradients concatenated, as ``clip_grad_norm_`` computes it:
-    ``(sum_p ||g_p||^q)^(1/q)`` (``max_p ||g_p||_inf`` for ``q = inf``).
-    Returns 0.0 when no parameter has a gradient."""
-    norms = [torch.linalg.vector_norm(p.grad.detach(), norm_type) for _, p in _named(params)
-             if p.grad is not None]
-    if not norms:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([n.double() for n in norms]), norm_type))
+def global_grad_norm(params, norm_type: float = 2.0, *, dtype: torch.dtype = torch.float64) -> float:
+    """The norm of all gradients concatenated, ``(sum_p ||g_p||^q)^(1/q)``
+    (``max_p ||g_p||_inf`` for ``q = inf``), the norm ``clip_grad_norm_`` clips by.
+
+    Accumulated in ``dtype``: the default float64 keeps float32 gradients of 1e20
+    at their norm ``1e20 * sqrt(n)``, where float32 arithmetic (and torch's
+    ``get_total_norm`` of float32 gradients) overflows to ``inf``; pass
+    ``dtype=None`` for the gradients' own dtype, torch's result. ``params`` is a
+    module, an iterable of tensors, or of ``(name, tensor)`` pairs. Returns 0.0
+    when no parameter has a gradient."""
+    norm_type = _validate.norm_order("norm_type", norm_type)
+    grads = [p.grad.detach() for _, p in _named(params) if p.grad is not None]
+    return float(global_norm(grads, norm_type, dtype=dtype)) if grads else 0.0
 
 
 class GradNormMonitor:
@@ -156,8 +171,7 @@ class GradNormMonitor:
 def find_nonfinite(params, *, check: str = "grad") -> list[str]:
     """Names of parameters whose ``grad`` (``check="grad"``) or value
     (``check="value"``) holds NaN or inf."""
-    if check not in ("grad", "value"):
-        raise ValueError(f"check must be 'grad' or 'value', got {check!r}")
+    _validate.one_of("check", check, ("grad", "value"))
     bad = []
     for name, p in _named(params):
         t = p.grad if check == "grad" else p
@@ -191,10 +205,9 @@ def detect_spikes(values: Sequence[float], window: int = 20, factor: float = 10.
 
     The median (not the mean) keeps one earlier spike from hiding the next.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if factor <= 1:
-        raise ValueError(f"factor must be > 1, got {factor}")
+    _validate.integer("window", window, 1)
+    _validate.in_range("factor", factor, 1.0, low_open=True,
+                       hint="a spike is a value this many times the recent median")
     spikes: list[int] = []
     history: list[float] = []
     for i, v in enumerate(values):

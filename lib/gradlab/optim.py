@@ -22,23 +22,36 @@ compatibility but only at their default values: for a fused CUDA kernel use
 ``torch.optim.Adam(fused=True)``. Complex parameters are supported as in
 ``torch.optim`` (Adagrad, RMSprop and Adam see them as pairs of real numbers,
 ``torch.view_as_real``); sparse gradients are not (see the error message for
-where to go instead). A 1-element tensor ``lr`` works with ``foreach=False``.
+where to go instead), nor are integer parameters.
+
+Tensors for hyper-parameters, as in ``torch.optim`` without ``capturable``: a
+1-element tensor ``lr`` works on both paths of SGD, Adagrad and RMSprop, and
+on the loop path of Adam and AdamW, which refuse it with ``foreach=True`` as
+torch does. Adam's ``betas`` are two numbers or two 1-element tensors (loop
+path only); one of each raises, as in torch. The default ``foreach=None``
+never picks the multi-tensor path when ``lr`` or ``betas`` are tensors.
 
 :func:`adam_step_bound` gives the exact worst-case per-coordinate step of Adam.
 
 Notation: ``g_t`` the gradient at step ``t`` (after weight decay where it is
 coupled), ``lr`` the learning rate, all operations element-wise.
+
+Neighbours: optimizers for sparse gradients (SparseAdam, lazy Adam and SGD)
+are in :mod:`gradlab.sparse`, GaLore's low-rank AdamW in :mod:`gradlab.galore`;
+clipping, which usually runs just before ``step()``, in :mod:`gradlab.clip`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
+
+from gradlab import _validate
+from gradlab._tensors import group_by_device_dtype, use_foreach
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "adam_step_bound"]
 
@@ -46,24 +59,6 @@ _Closure = Callable[[], float] | None
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_nonneg(name: str, value: float) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a number or a 1-element tensor, "
-                             f"got a tensor with {value.numel()} elements")
-        value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def _check_unit(name: str, value: float) -> None:
-    _check_nonneg(name, value)
-    if not value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-
-
 def _check_unsupported(**flags: Any) -> None:
     for name, value in flags.items():
         if value:
@@ -72,33 +67,45 @@ def _check_unsupported(**flags: Any) -> None:
                 f"of the same name for {name}, or leave {name} at its default")
 
 
-def _use_foreach(foreach: bool | None, params: list[torch.Tensor],
-                 lr: float | torch.Tensor | None = None) -> bool:
-    if foreach is None:
-        # as torch.optim: the default never picks the foreach path for a tensor lr
-        return (bool(params) and all(p.device.type == "cuda" for p in params)
-                and not isinstance(lr, torch.Tensor))
-    return bool(foreach)
+def _tensor_foreach_error(name: str, instead: str) -> ValueError:
+    # torch.optim.Adam's words, and what to do instead
+    return ValueError(f"{name} as a Tensor is not supported for capturable=False and foreach=True "
+                      f"(torch.optim.Adam refuses it too); pass {instead}, or foreach=False")
 
 
-_TENSOR_LR_FOREACH = ("lr as a Tensor is not supported with foreach=True by gradlab.optim "
-                      "(nor by torch.optim without capturable=True); pass a float lr, "
-                      "e.g. lr=float(lr), or foreach=False")
+def _check_adam_hyper(lr: float | torch.Tensor, betas, foreach: bool | None) -> None:
+    """Adam's lr and betas, as torch.optim.Adam takes them (see the module docstring)."""
+    _validate.nonneg("lr", lr)
+    betas = _validate.pair("betas", betas, "(beta1, beta2)")
+    tensors = [isinstance(b, torch.Tensor) for b in betas]
+    if any(tensors) and not all(tensors):
+        raise ValueError(f"betas must be two numbers or two 1-element tensors, got {betas!r}; pass "
+                         "floats, e.g. betas=(0.9, 0.999) (torch.optim.Adam refuses one of each too)")
+    for i, b in enumerate(betas):
+        _validate.unit(f"betas[{i}]", b)
+    if foreach:
+        if isinstance(lr, torch.Tensor):
+            raise _tensor_foreach_error("lr", "a float, e.g. lr=float(lr)")
+        if all(tensors):
+            raise _tensor_foreach_error("betas[0]", "floats, e.g. betas=(float(b1), float(b2))")
 
 
-def _check_lr(lr: float | torch.Tensor, foreach: bool | None) -> None:
-    _check_nonneg("lr", lr)
-    if isinstance(lr, torch.Tensor) and foreach:
-        raise ValueError(_TENSOR_LR_FOREACH)
+def _foreach_for(group: dict, params: list[torch.Tensor]) -> bool:
+    """Whether ``group`` takes the multi-tensor path: ``foreach=None`` does on CUDA
+    only, and never with a tensor lr or tensor betas (as torch.optim)."""
+    hyper = [group["lr"], *group.get("betas", ())]
+    if group["foreach"] is None and any(isinstance(h, torch.Tensor) for h in hyper):
+        return False
+    return use_foreach(group["foreach"], [p.device for p in params], default=("cuda",), strict=False)
 
 
-def _lr_for_step(lr: float | torch.Tensor, foreach: bool) -> float:
-    """The group's lr as a float; a tensor lr (a scheduler may hold one) only on the loop path."""
-    if isinstance(lr, torch.Tensor):
-        if foreach:
-            raise ValueError(_TENSOR_LR_FOREACH)
-        return lr.item()
-    return lr
+def _lr_for_step(group: dict, foreach: bool) -> float:
+    """The group's lr as a float (a scheduler may hold a tensor); Adam refuses a tensor
+    lr or tensor betas on the multi-tensor path, as torch does."""
+    lr = group["lr"]
+    if foreach and "betas" in group:
+        _check_adam_hyper(lr, group["betas"], foreach)
+    return lr.item() if isinstance(lr, torch.Tensor) else lr
 
 
 def _real(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -107,23 +114,14 @@ def _real(t: torch.Tensor | None) -> torch.Tensor | None:
     return torch.view_as_real(t) if t is not None and torch.is_complex(t) else t
 
 
-def _group_by_device_dtype(*lists: list[torch.Tensor]) -> dict[tuple, list[list[torch.Tensor]]]:
-    """Split parallel lists of tensors by (device, dtype) of the first list."""
-    out: dict[tuple, list[list[torch.Tensor]]] = defaultdict(lambda: [[] for _ in lists])
-    for i, p in enumerate(lists[0]):
-        bucket = out[(p.device, p.dtype)]
-        for k, lst in enumerate(lists):
-            bucket[k].append(lst[i])
-    return out
-
-
 def _new_step() -> torch.Tensor:
     # torch.optim keeps the step count as a float32 scalar tensor; so do we, so that
     # state dicts are interchangeable.
     return torch.tensor(0.0, dtype=torch.float32)
 
 
-def _sparse_check(p: torch.Tensor, name: str) -> None:
+def _check_param(p: torch.Tensor, name: str) -> None:
+    _validate.floating_param(f"gradlab.optim.{name}", p)
     if p.grad is not None and p.grad.is_sparse:
         if name in ("SGD", "Adagrad"):
             where = f"torch.optim.{name} supports them"
@@ -156,10 +154,10 @@ class SGD(Optimizer):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None) -> None:
-        _check_lr(lr, foreach)
-        _check_nonneg("momentum", momentum)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("dampening", dampening)
+        _validate.nonneg("lr", lr)
+        _validate.nonneg("momentum", momentum)
+        _validate.nonneg("weight_decay", weight_decay)
+        _validate.nonneg("dampening", dampening)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0, "
                              f"got momentum={momentum}, dampening={dampening}")
@@ -180,13 +178,13 @@ class SGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                _sparse_check(p, "SGD")
+                _check_param(p, "SGD")
                 params.append(p)
                 grads.append(p.grad)
                 bufs.append(self.state[p].get("momentum_buffer"))
-            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
+            use_foreach = _foreach_for(group, params)
             fn = _sgd_foreach if use_foreach else _sgd_single
-            fn(params, grads, bufs, lr=_lr_for_step(group["lr"], use_foreach), momentum=group["momentum"],
+            fn(params, grads, bufs, lr=_lr_for_step(group, use_foreach), momentum=group["momentum"],
                dampening=group["dampening"], weight_decay=group["weight_decay"],
                nesterov=group["nesterov"], maximize=group["maximize"])
             if group["momentum"] != 0:
@@ -211,7 +209,7 @@ def _sgd_single(params, grads, bufs, *, lr, momentum, dampening, weight_decay, n
 
 def _sgd_foreach(params, grads, bufs, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
     idx = list(range(len(params)))
-    for (ps, gs, ii) in _group_by_device_dtype(params, grads, idx).values():
+    for (ps, gs, ii) in group_by_device_dtype(params, grads, idx).values():
         if maximize:
             gs = torch._foreach_neg(gs)
         if weight_decay != 0:
@@ -252,11 +250,11 @@ class Adagrad(Optimizer):
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None) -> None:
-        _check_lr(lr, foreach)
-        _check_nonneg("lr_decay", lr_decay)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("initial_accumulator_value", initial_accumulator_value)
-        _check_nonneg("eps", eps)
+        _validate.nonneg("lr", lr)
+        _validate.nonneg("lr_decay", lr_decay)
+        _validate.nonneg("weight_decay", weight_decay)
+        _validate.nonneg("initial_accumulator_value", initial_accumulator_value)
+        _validate.nonneg("eps", eps)
         _check_unsupported(differentiable=differentiable, fused=fused)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
@@ -286,7 +284,7 @@ class Adagrad(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                _sparse_check(p, "Adagrad")
+                _check_param(p, "Adagrad")
                 if "sum" not in self.state[p]:
                     self._init_state(p, group)
                 st = self.state[p]
@@ -294,9 +292,9 @@ class Adagrad(Optimizer):
                 grads.append(_real(p.grad))
                 sums.append(_real(st["sum"]))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
+            use_foreach = _foreach_for(group, params)
             fn = _adagrad_foreach if use_foreach else _adagrad_single
-            fn(params, grads, sums, steps, lr=_lr_for_step(group["lr"], use_foreach), lr_decay=group["lr_decay"],
+            fn(params, grads, sums, steps, lr=_lr_for_step(group, use_foreach), lr_decay=group["lr_decay"],
                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
         return loss
 
@@ -314,7 +312,7 @@ def _adagrad_single(params, grads, sums, steps, *, lr, lr_decay, weight_decay, e
 
 
 def _adagrad_foreach(params, grads, sums, steps, *, lr, lr_decay, weight_decay, eps, maximize):
-    for ps, gs, ss, ts in _group_by_device_dtype(params, grads, sums, steps).values():
+    for ps, gs, ss, ts in group_by_device_dtype(params, grads, sums, steps).values():
         torch._foreach_add_(ts, 1)
         if maximize:
             gs = torch._foreach_neg(gs)
@@ -345,11 +343,11 @@ class RMSprop(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, capturable: bool = False, foreach: bool | None = None,
                  maximize: bool = False, differentiable: bool = False) -> None:
-        _check_lr(lr, foreach)
-        _check_nonneg("eps", eps)
-        _check_nonneg("momentum", momentum)
-        _check_nonneg("weight_decay", weight_decay)
-        _check_nonneg("alpha", alpha)
+        _validate.nonneg("lr", lr)
+        _validate.nonneg("eps", eps)
+        _validate.nonneg("momentum", momentum)
+        _validate.nonneg("weight_decay", weight_decay)
+        _validate.nonneg("alpha", alpha)
         _check_unsupported(capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, capturable=False, foreach=foreach, maximize=maximize,
@@ -367,7 +365,7 @@ class RMSprop(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                _sparse_check(p, "RMSprop")
+                _check_param(p, "RMSprop")
                 st = self.state[p]
                 if len(st) == 0:
                     st["step"] = _new_step()
@@ -382,9 +380,9 @@ class RMSprop(Optimizer):
                 gavg.append(_real(st.get("grad_avg")))
                 bufs.append(_real(st.get("momentum_buffer")))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
+            use_foreach = _foreach_for(group, params)
             fn = _rmsprop_foreach if use_foreach else _rmsprop_single
-            fn(params, grads, sq, gavg, bufs, steps, lr=_lr_for_step(group["lr"], use_foreach), alpha=group["alpha"],
+            fn(params, grads, sq, gavg, bufs, steps, lr=_lr_for_step(group, use_foreach), alpha=group["alpha"],
                eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
                centered=group["centered"], maximize=group["maximize"])
         return loss
@@ -414,7 +412,7 @@ def _rmsprop_foreach(params, grads, sq, gavg, bufs, steps, *, lr, alpha, eps, we
                      momentum, centered, maximize):
     lists = (params, grads, sq, steps, gavg if centered else params,
              bufs if momentum > 0 else params)
-    for ps, gs, vs, ts, ms, bs in _group_by_device_dtype(*lists).values():
+    for ps, gs, vs, ts, ms, bs in group_by_device_dtype(*lists).values():
         torch._foreach_add_(ts, 1)
         if maximize:
             gs = torch._foreach_neg(gs)
@@ -465,13 +463,9 @@ class Adam(Optimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False) -> None:
-        _check_lr(lr, foreach)
-        _check_nonneg("eps", eps)
-        _check_nonneg("weight_decay", weight_decay)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        _check_unit("betas[0]", betas[0])
-        _check_unit("betas[1]", betas[1])
+        _check_adam_hyper(lr, betas, foreach)
+        _validate.nonneg("eps", eps)
+        _validate.nonneg("weight_decay", weight_decay)
         _check_unsupported(capturable=capturable, differentiable=differentiable, fused=fused)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, foreach=foreach, maximize=maximize, capturable=False,
@@ -495,7 +489,7 @@ class Adam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                _sparse_check(p, type(self).__name__)
+                _check_param(p, type(self).__name__)
                 st = self.state[p]
                 if len(st) == 0:
                     st["step"] = _new_step()
@@ -509,10 +503,10 @@ class Adam(Optimizer):
                 vs.append(_real(st["exp_avg_sq"]))
                 vmax.append(_real(st.get("max_exp_avg_sq")))
                 steps.append(st["step"])
-            use_foreach = _use_foreach(group["foreach"], params, group["lr"])
+            use_foreach = _foreach_for(group, params)
             fn = _adam_foreach if use_foreach else _adam_single
             beta1, beta2 = group["betas"]
-            fn(params, grads, ms, vs, vmax, steps, lr=_lr_for_step(group["lr"], use_foreach), beta1=beta1, beta2=beta2,
+            fn(params, grads, ms, vs, vmax, steps, lr=_lr_for_step(group, use_foreach), beta1=beta1, beta2=beta2,
                eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
                maximize=group["maximize"], decoupled=group["decoupled_weight_decay"])
         return loss
@@ -558,7 +552,7 @@ def _adam_single(params, grads, ms, vs, vmax, steps, *, lr, beta1, beta2, eps, w
 def _adam_foreach(params, grads, ms, vs, vmax, steps, *, lr, beta1, beta2, eps, weight_decay,
                   amsgrad, maximize, decoupled):
     lists = (params, grads, ms, vs, steps, vmax if amsgrad else params)
-    for ps, gs, mm, vv, ts, mx in _group_by_device_dtype(*lists).values():
+    for ps, gs, mm, vv, ts, mx in group_by_device_dtype(*lists).values():
         torch._foreach_add_(ts, 1)
         if maximize:
             gs = torch._foreach_neg(gs)
@@ -607,9 +601,9 @@ def adam_step_bound(step: float, betas: tuple[float, float] = (0.9, 0.999)) -> f
     (Adam) or excludes the decoupled shrinking (AdamW).
     Kingma & Ba (2015, Sec. 2.1) give the approximate per-step forms.
     """
-    beta1, beta2 = betas
-    _check_unit("betas[0]", beta1)
-    _check_unit("betas[1]", beta2)
+    beta1, beta2 = _validate.pair("betas", betas, "(beta1, beta2)")
+    beta1 = _validate.unit("betas[0]", beta1)
+    beta2 = _validate.unit("betas[1]", beta2)
     if not (isinstance(step, (int, float)) and step >= 1):
         raise ValueError(f"step must be a step number >= 1 (or math.inf), got {step!r}")
     if beta2 == 0.0:  # v_t = g_t^2: no memory in the denominator

@@ -8,6 +8,9 @@
 Use :func:`book_style` as a context manager, or call :func:`apply_style` once at
 the top of a chapter. Functions return matplotlib objects; nothing is shown or
 saved here.
+
+Neighbours: what the figures show is mostly logged by :mod:`gradlab.monitor`
+and :mod:`gradlab.lm`.
 """
 
 from __future__ import annotations

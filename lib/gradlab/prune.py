@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import torch
 
+from gradlab import _validate
+
 __all__ = ["soft_threshold", "prox_l1_", "magnitude_prune_"]
 
 
@@ -24,8 +26,7 @@ def soft_threshold(x: torch.Tensor, threshold: float) -> torch.Tensor:
     :math:`\operatorname{prox}(x)_j = \operatorname{sign}(x_j)\max(|x_j|-\tau, 0)`.
     One ISTA step for :math:`f(x) + \lambda\|x\|_1` is
     ``soft_threshold(x - lr * grad_f(x), lr * lam)``."""
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    _validate.nonneg("threshold", threshold, hint="lr * lam for an ISTA step")
     return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0)
 
 
@@ -33,8 +34,7 @@ def prox_l1_(parameters: torch.Tensor | Iterable[torch.Tensor], threshold: float
     """Apply :func:`soft_threshold` in place to every parameter: the proximal
     half of an ISTA step, called after ``optimizer.step()`` with
     ``threshold = lr * lam``."""
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    _validate.nonneg("threshold", threshold, hint="lr * lam for an ISTA step")
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
     with torch.no_grad():
         for p in params:
@@ -46,8 +46,7 @@ def magnitude_prune_(parameters: torch.Tensor | Iterable[torch.Tensor], sparsity
     """Zero the fraction ``sparsity`` of entries with the smallest magnitude,
     ranked globally across all ``parameters``, in place. Returns the boolean
     keep-masks (one per parameter), to re-apply after later updates."""
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    _validate.in_range("sparsity", sparsity, 0.0, 1.0, hint="the fraction of entries set to zero")
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
     if not params:
         return []

@@ -1,4 +1,8 @@
-"""One call that makes a chapter reproducible."""
+"""One call that makes a chapter reproducible.
+
+Neighbours: :mod:`gradlab.device` is the other call at the top of every
+chapter; the data generators of :mod:`gradlab.data` take their own seeds.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import random
 
 import numpy as np
 import torch
+
+from gradlab import _validate
 
 __all__ = ["seed_everything"]
 
@@ -23,11 +29,7 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> np.random.Gener
     Returns a fresh :class:`numpy.random.Generator` seeded with ``seed``, the
     recommended way to draw NumPy randomness in new code.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    seed = int(seed)
+    seed = _validate.integer("seed", seed, 0, 2**32 - 1, hint="numpy's legacy generator takes 32-bit seeds")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

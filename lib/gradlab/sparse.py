@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import torch
 
+from gradlab import _validate
+
 __all__ = [
     "SparseAdam",
     "LazyAdam",
@@ -40,18 +42,23 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_adam_args(lr: float, betas: tuple[float, float], eps: float) -> None:
+# torch.optim's own words come first in these messages (torch_says), for readers who search for them
+
+
+def _check_lr(lr: float | torch.Tensor, *, strict: bool) -> None:
+    """A number or 1-element tensor, > 0 (``strict``, torch.optim.SparseAdam) or >= 0 (torch.optim.SGD)."""
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 < lr:
-        raise ValueError(f"Invalid learning rate: {lr}; lr must be > 0")
-    if not 0.0 < eps:
-        raise ValueError(f"Invalid epsilon value: {eps}; eps must be > 0 (1e-8 is the usual guard)")
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        raise ValueError("Tensor lr must be 1-element; pass a float or a 1-element tensor")
+    check = _validate.positive if strict else _validate.nonneg
+    check("lr", lr, torch_says="Invalid learning rate")
+
+
+def _check_adam_args(lr: float, betas: tuple[float, float], eps: float) -> None:
+    _check_lr(lr, strict=True)
+    _validate.positive("eps", eps, hint="1e-8 is the usual guard", torch_says="Invalid epsilon value")
+    betas = _validate.pair("betas", betas, "(beta1, beta2)")
     for i, b in enumerate(betas):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}; betas must lie in [0, 1)")
+        _validate.unit(f"betas[{i}]", b, torch_says=f"Invalid beta parameter at index {i}")
 
 
 def _check_dense_real(optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -63,6 +70,7 @@ def _check_dense_real(optimizer: torch.optim.Optimizer, name: str) -> None:
             if p.is_complex():
                 raise ValueError(f"Complex params at indices [{gi}, {pi}]: {name} does not support "
                                  "complex parameters")
+            _validate.floating_param(f"gradlab.sparse.{name}", p)
 
 
 class _Rows:
@@ -352,14 +360,9 @@ class LazySGD(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> None:
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}; lr must be >= 0")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}; momentum must be >= 0")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}; it must be >= 0")
+        _check_lr(lr, strict=False)
+        _validate.nonneg("momentum", momentum, torch_says="Invalid momentum value")
+        _validate.nonneg("weight_decay", weight_decay, torch_says="Invalid weight_decay value")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,

@@ -29,6 +29,12 @@ The singular value decomposition of an ``m x n`` matrix is
   in its top singular directions, and how far apart two subspaces are;
 * :class:`SubspaceClassifier`: one SVD basis per class, classify by the
   residual of the projection (the subspace method).
+
+Neighbours: low-rank *compression* of gradients with the same orthonormaliser
+(PowerSGD) is in :mod:`gradlab.compress`; the models whose weights and
+Jacobians this module measures are in :mod:`gradlab.models`; the case study
+(:mod:`gradlab.lm`) tracks ``sigma_max`` of its recurrent weight with
+:func:`power_iteration`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+from gradlab import _validate
 
 __all__ = [
     "orthonormalize",
@@ -61,14 +69,6 @@ __all__ = [
     "subspace_angles",
     "SubspaceClassifier",
 ]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_matrix(A, name: str = "A") -> torch.Tensor:
@@ -149,9 +149,8 @@ def power_iteration(A: torch.Tensor, v: torch.Tensor | None = None, *, num_iters
         ``v`` ``[..., n]`` with ``A v ~ sigma u``.
     """
     A = _check_matrix(A)
-    _check_int("num_iters", num_iters, 1)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    _validate.integer("num_iters", num_iters, 1)
+    _validate.positive("eps", eps, hint="the guard against division by zero, 1e-12 as in torch")
     n = A.shape[-1]
     if v is None:
         v = _randn((*A.shape[:-2], n), A, generator)
@@ -202,12 +201,12 @@ def randomized_svd(A: torch.Tensor, rank: int, *, oversample: int = 10, power_it
     """
     A = _check_matrix(A)
     m, n = A.shape[-2:]
-    _check_int("rank", rank, 1)
+    _validate.integer("rank", rank, 1)
     if rank > min(m, n):
         raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {tuple(A.shape)}, "
                          f"got {rank}; use torch.linalg.svd for a full decomposition")
-    _check_int("oversample", oversample, 0)
-    _check_int("power_iters", power_iters, 0)
+    _validate.integer("oversample", oversample, 0)
+    _validate.integer("power_iters", power_iters, 0)
     ell = min(rank + oversample, min(m, n))
     omega = _randn((*A.shape[:-2], n, ell), A, generator)
     Q = orthonormalize(A @ omega)
@@ -245,13 +244,13 @@ def halko_bound(singular_values: torch.Tensor, rank: int, oversample: int, power
     rank-``k`` matrices (Eckart-Young-Mirsky) is :math:`\sigma_{k+1}`.
     """
     S = torch.as_tensor(singular_values).detach().to(torch.float64).flatten().cpu()
-    _check_int("rank", rank, 1)
-    _check_int("oversample", oversample, 0)
+    _validate.integer("rank", rank, 1)
+    _validate.integer("oversample", oversample, 0)
     if oversample < 4:
         raise ValueError(f"oversample must be >= 4 for the Halko et al. tail bound, got {oversample}: it holds "
                          f"with probability 1 - 6 p^-p = {halko_probability(oversample):.3g}, which is no "
                          "guarantee (the paper assumes p >= 4); report the measured error instead")
-    _check_int("power_iters", power_iters, 0)
+    _validate.integer("power_iters", power_iters, 0)
     if rank >= S.numel():
         raise ValueError(f"rank must be < the number of singular values ({S.numel()}), got {rank}")
     s_next = float(S[rank])
@@ -263,7 +262,7 @@ def halko_probability(oversample: int) -> float:
     r"""The probability :math:`1 - 6p^{-p}` with which :func:`halko_bound` holds
     for oversampling ``p``. It is negative for ``p = 1, 2`` (no guarantee) and
     0.78 for ``p = 3``; ``p = 0`` gives ``-inf``."""
-    _check_int("oversample", oversample, 0)
+    _validate.integer("oversample", oversample, 0)
     if oversample == 0:
         return -math.inf
     return 1.0 - 6.0 * float(oversample) ** (-oversample)
@@ -290,7 +289,7 @@ class SpectralNorm(nn.Module):
         if not -ndim <= dim < ndim:
             raise IndexError(f"dim must be in [-{ndim}, {ndim - 1}] for a weight with {ndim} "
                              f"dimensions, got {dim}")
-        _check_int("n_power_iterations", n_power_iterations, 1)
+        _validate.integer("n_power_iterations", n_power_iterations, 1)
         self.dim = dim % ndim
         self.eps = eps
         self.n_power_iterations = n_power_iterations
@@ -421,9 +420,8 @@ def hessian_eig(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tens
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor) or not p.is_floating_point() or not p.requires_grad:
             raise ValueError(f"params[{i}] must be a floating-point tensor with requires_grad=True")
-    _check_int("num_iters", num_iters, 1)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    _validate.integer("num_iters", num_iters, 1)
+    _validate.positive("tol", tol, hint="the relative change of the eigenvalue that ends the iteration")
     loss = loss_fn()
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError("loss_fn() must return a scalar tensor (e.g. the mean loss of a batch)")
@@ -471,8 +469,7 @@ def orthogonal_(tensor: torch.Tensor, gain: float = 1.0,
     """
     if not isinstance(tensor, torch.Tensor) or tensor.ndim < 2:
         raise ValueError("orthogonal_ needs a tensor with at least 2 dimensions")
-    if not (math.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a finite number > 0, got {gain}")
+    _validate.positive("gain", gain, finite=True)
     if tensor.numel() == 0:
         return tensor
     rows = tensor.shape[0]
@@ -531,7 +528,7 @@ def energy_fraction(A_or_S: torch.Tensor, k: int | None = None) -> torch.Tensor:
     curve = e.cumsum(-1) / total
     if k is None:
         return curve
-    _check_int("k", k, 1)
+    _validate.integer("k", k, 1)
     if k > S.shape[-1]:
         raise ValueError(f"k must be <= {S.shape[-1]} (the number of singular values), got {k}")
     return curve[..., k - 1]
@@ -594,7 +591,7 @@ class SubspaceClassifier:
     """
 
     def __init__(self, rank: int) -> None:
-        self.rank = _check_int("rank", rank, 1)
+        self.rank = _validate.integer("rank", rank, 1)
         self.classes_: torch.Tensor | None = None
         self.bases_: torch.Tensor | None = None
 

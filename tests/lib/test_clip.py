@@ -249,7 +249,7 @@ def test_each_threshold_error_gives_advice_for_that_threshold():
         adaptive_clip_grad_(make_params([(3, 3)]), clipping=-0.01)
     with pytest.raises(ValueError, match="max_norm.*gradient norms you observe"):
         clip_grad_norm_(make_params([(3,)]), -1.0)
-    with pytest.raises(TypeError, match="one number"):
+    with pytest.raises(ValueError, match=r"max_norm must be a number or a 1-element tensor, got a tensor of shape"):
         clip_grad_norm_(make_params([(3,)]), torch.ones(2))
     with pytest.raises(TypeError, match="must be a number"):
         clip_grad_norm_(make_params([(3,)]), True)
@@ -415,3 +415,79 @@ def test_flat_gradients_norm_of_a_long_float32_buffer_is_accurate():
     torch_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
     flat = FlatGradients(params)
     assert abs(float(flat.norm()) / exact - 1) <= max(2 * abs(torch_norm / exact - 1), 1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("foreach", [None, True, False])
+def test_clip_grad_norm_is_bit_identical_to_torch(dtype, norm_type, foreach):
+    """The clip path computes the norm in the gradients' dtype, as torch does: not only close
+    to torch's result, equal to it, norm and clipped gradients alike."""
+    ours = make_params(SHAPES, dtype, scale=3.0, seed=4)
+    ref = copy.deepcopy(ours)
+    total = clip_grad_norm_(ours, 1.0, norm_type, foreach=foreach)
+    total_ref = torch.nn.utils.clip_grad_norm_(ref, 1.0, norm_type, foreach=foreach)
+    assert total.dtype == total_ref.dtype and torch.equal(total, total_ref)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, ref))
+
+
+def test_float32_overflow_is_torchs_on_the_clip_path():
+    """Gradients of 1e20 in float32: torch's norm (and so ours on the clip path) is inf."""
+    ours = make_params([(10,), (5,)], scale=0.0)
+    for p in ours:
+        p.grad.fill_(1e20)
+    ref = copy.deepcopy(ours)
+    assert math.isinf(clip_grad_norm_(ours, 1.0).item())
+    assert math.isinf(torch.nn.utils.clip_grad_norm_(ref, 1.0).item())
+
+
+@pytest.mark.parametrize("bad", ["fro", "nuc", None, [2.0]])
+def test_norm_type_that_is_no_number_names_the_argument(bad):
+    """torch says only "could not convert string to float: 'fro'"."""
+    with pytest.raises(ValueError, match=r"norm_type must be a number > 0 or inf .*, got "):
+        clip_grad_norm_(make_params([(3,)]), 1.0, norm_type=bad)
+    with pytest.raises(ValueError, match="norm_type must be"):
+        FlatGradients(make_params([(3,)])).norm(bad)
+
+
+@pytest.mark.parametrize("norm_type", ["inf", "2", 2, np.float64(3.0)])
+def test_norm_type_as_torch_converts_it(norm_type):
+    ours = make_params(SHAPES, scale=3.0)
+    ref = copy.deepcopy(ours)
+    torch.testing.assert_close(clip_grad_norm_(ours, 1.0, norm_type),
+                               torch.nn.utils.clip_grad_norm_(ref, 1.0, norm_type), rtol=0, atol=0)
+
+
+def test_empty_generator_warns_like_torch():
+    """torch warns that no clipping will occur when ``parameters`` is an empty generator."""
+    with pytest.warns(UserWarning, match="empty generator, no gradient clipping will occur"):
+        torch.nn.utils.clip_grad_norm_((p for p in []), 1.0)
+    with pytest.warns(UserWarning, match="empty generator, no gradient clipping will occur"):
+        total = clip_grad_norm_((p for p in []), 1.0)
+    assert total.item() == 0.0
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip_grad_norm_(model.parameters(), 1.0)  # a generator that is not empty: no warning
+        clip_grad_norm_([], 1.0)  # an empty list: no warning either, as in torch
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_clip_value_errors_speak_of_entries_not_norms():
+    with pytest.raises(ValueError, match="clip_value must be a finite number > 0, got -1.*largest magnitude "
+                                         "allowed for one gradient entry") as info:
+        clip_grad_value_(make_params([(3,)]), -1.0)
+    assert "norm" not in str(info.value)
+    with pytest.raises(ValueError, match="largest magnitude allowed for one gradient entry"):
+        FlatGradients(make_params([(3,)])).clip_value_(0.0)
+
+
+def test_flat_gradients_sparse_parameter_error_does_not_point_at_clip_grad_norm():
+    """torch's (and gradlab's) clip_grad_norm_ cannot take the norm of sparse tensors either."""
+    p = torch.zeros(4, 2).to_sparse().requires_grad_()
+    with pytest.raises(ValueError, match="leave them out of FlatGradients") as info:
+        FlatGradients([p])
+    assert "clip_grad_norm_" not in str(info.value)

@@ -81,7 +81,7 @@ def test_randk_is_unbiased_when_scaled():
 
 
 def test_compressor_bad_k():
-    with pytest.raises(ValueError, match="k must be between"):
+    with pytest.raises(ValueError, match=r"k must be an int in \[0, 3\], got 4"):
         compress.topk(torch.zeros(3), 4)
     with pytest.raises(TypeError, match="k must be an int"):
         compress.randk(torch.zeros(3), 1.5)
@@ -294,10 +294,11 @@ def test_payload_bytes():
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: PowerSGD(0), ValueError, "rank must be >= 1"),
+    (lambda: PowerSGD(0), ValueError, "rank must be an int >= 1"),
     (lambda: PowerSGD(1.5), TypeError, "rank must be an int"),
     (lambda: PowerSGD(2).compress("b", torch.zeros(5)), ValueError, "needs a matrix"),
-    (lambda: PowerSGD(2).compress("i", torch.zeros(3, 3, dtype=torch.int64)), TypeError, "float32 or float64"),
+    (lambda: PowerSGD(2).compress("i", torch.zeros(3, 3, dtype=torch.int64)), TypeError,
+     r"float32 or float64 tensor, got torch.int64; .* cast with \.float\(\)"),
     (lambda: PowerSGD(2).compress("h", torch.zeros(3, 3, dtype=torch.float16)), TypeError, r"cast with \.float\(\)"),
     (lambda: PowerSGD(2).compress("x", [[1.0]]), TypeError, "torch.Tensor"),
     (lambda: best_rank_r(torch.zeros(3, 4), 5), ValueError, "rank 5 is impossible"),
@@ -307,8 +308,8 @@ def test_payload_bytes():
      "world_size must be an int >= 1"),
     (lambda: subspace_iteration_step(torch.ones(3, 3), torch.ones(3, 1), world_size=2), ValueError,
      "without allreduce"),
-    (lambda: should_compress((8, 8), 0), ValueError, "rank must be >= 1"),
-    (lambda: should_compress((8, 8), -3), ValueError, "rank must be >= 1"),
+    (lambda: should_compress((8, 8), 0), ValueError, "rank must be an int >= 1"),
+    (lambda: should_compress((8, 8), -3), ValueError, "rank must be an int >= 1"),
     (lambda: should_compress((8, 8), 1, -1.0), ValueError, "min_compression_rate"),
     (lambda: payload_bytes([(3, 3)], "powersgd", min_compression_rate=-2), ValueError, "min_compression_rate"),
     (lambda: payload_bytes([(3, 3)], "allreduce", element_size=0), ValueError, "element_size must be"),
@@ -318,6 +319,17 @@ def test_payload_bytes():
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_float_gradients_are_not_blamed_on_half_precision(dtype):
+    """Only float16/bfloat16 lack the QR kernels; an int64 gradient is not a half-precision problem."""
+    with pytest.raises(TypeError, match=f"got {dtype}; PowerSGD compresses real floating-point") as info:
+        PowerSGD(2).compress("g", torch.zeros(3, 3, dtype=dtype))
+    assert "half-precision" not in str(info.value)
+    for half in (torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match="no half-precision kernels"):
+            PowerSGD(2).compress("g", torch.zeros(3, 3, dtype=half))
 
 
 def test_payload_bytes_default_rate_is_torchs():

@@ -25,9 +25,11 @@ def test_adding_problem_seeded():
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
 
 
-@pytest.mark.parametrize("n, T, match", [(0, 5, "n must"), (5, 1, "T must"), (2.0, 5, "n must")])
-def test_adding_problem_bad_args(n, T, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("n, T, exc, match", [(0, 5, ValueError, "n must be an int >= 1, got 0"),
+                                              (5, 1, ValueError, "T must be an int >= 2, got 1"),
+                                              (2.0, 5, TypeError, "n must be an int >= 1, got float 2.0")])
+def test_adding_problem_bad_args(n, T, exc, match):
+    with pytest.raises(exc, match=match):
         adding_problem(n, T)
 
 

@@ -24,10 +24,10 @@ def randn(*shape, dtype=torch.float64, seed=0):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: PowerSGDState(start_powerSGD_iter=-1), "start_powerSGD_iter"),
-    (lambda: PowerSGDState(min_compression_rate=-1), "min_compression_rate must be a number >= 0"),
+    (lambda: PowerSGDState(min_compression_rate=-1), "min_compression_rate must be >= 0"),
     (lambda: PowerSGDState(nonfinite="ignore"), "nonfinite must be 'skip'"),
     (lambda: PowerSGDState(max_norm=-1.0), "max_norm must be"),
-    (lambda: PowerSGDState(matrix_approximation_rank=0), "rank must be >= 1"),
+    (lambda: PowerSGDState(matrix_approximation_rank=0), "rank must be an int >= 1"),
 ])
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):

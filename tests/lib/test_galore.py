@@ -31,6 +31,24 @@ def test_bad_inputs(call, match):
         call()
 
 
+@pytest.mark.parametrize("betas", [(0.9,), (0.9, 0.99, 0.999), 0.9])
+def test_betas_that_are_not_a_pair_are_named(betas):
+    """Not "IndexError: tuple index out of range"."""
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\), got"):
+        GaLoreAdamW([torch.zeros(2, requires_grad=True)], betas=betas)
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\), got 1.0"):
+        GaLoreAdamW([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("rank", [None, 1])
+def test_integer_parameters_are_refused_with_a_message(rank):
+    p = torch.zeros(3, 3, dtype=torch.int64)
+    opt = GaLoreAdamW([{"params": [p], "rank": rank}])
+    p.grad = torch.ones(3, 3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="GaLoreAdamW updates floating-point parameters.*model.float"):
+        opt.step()
+
+
 def test_galore_add_param_group_is_checked():
     W = torch.zeros(8, 8, requires_grad=True)
     opt = GaLoreAdamW([W])

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gradlab
 from gradlab import checks, lm
 from gradlab.data import encode_chars, load_text
 
@@ -76,7 +77,7 @@ def test_warmup_factor_matches_torch_linear_lr(w):
 
 def test_warmup_factor_zero_and_negative():
     assert lm.warmup_factor(0, 0) == 1.0
-    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
         lm.warmup_factor(0, -1)
 
 
@@ -97,7 +98,7 @@ def test_char_rnn_shapes_and_state():
 @pytest.mark.parametrize("kw, match", [
     (dict(cell="rnn"), "cell must be"),
     (dict(init="xavier"), "init must be"),
-    (dict(hidden_size=0), "hidden_size must be a positive integer"),
+    (dict(hidden_size=0), "hidden_size must be an int >= 1"),
 ])
 def test_char_rnn_rejects_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -157,10 +158,10 @@ def test_param_groups():
 @pytest.mark.parametrize("kw, match", [
     (dict(model="mlp"), "model must be"),
     (dict(optimizer="sgd"), "optimizer must be"),
-    (dict(clip=-1.0), "clip must be None"),
-    (dict(clip=0.0), "clip must be None"),
-    (dict(steps=0), "steps must be >= 1"),
-    (dict(warmup_steps=-5), "warmup_steps must be >= 0"),
+    (dict(clip=-1.0), "clip must be > 0, got -1.0.*or None"),
+    (dict(clip=0.0), "clip must be > 0, got 0.0.*or None"),
+    (dict(steps=0), "steps must be an int >= 1"),
+    (dict(warmup_steps=-5), "warmup_steps must be an int >= 0"),
 ])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -230,6 +231,29 @@ def test_spectral_and_adam_logs_match_direct_computation(splits):
     first = rec.rel_update[0] * float(W0.norm())
     assert first <= cfg.lr * math.sqrt(W0.numel()) * (1 + 1e-6)
     assert first == pytest.approx(cfg.lr * math.sqrt(W0.numel()), rel=1e-2)
+
+
+def test_device_auto_is_resolved(splits):
+    """device="auto" (what every chapter passes) is gradlab.resolve_device's: the GPU if there is one."""
+    train, val, vocab = splits
+    cfg = small(steps=2, eval_every=2)
+    model, rec = lm.train_char_lm(cfg, train, val, len(vocab), device="auto")
+    assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert len(rec.loss) == 2
+    _, ref = lm.train_char_lm(cfg, train, val, len(vocab), device=gradlab.resolve_device("auto"))
+    assert rec.loss == ref.loss
+
+
+def test_logged_norms_do_not_overflow(splits):
+    """The loop logs float64 norms: gradients that overflow a float32 norm are logged finite and
+    the run stops only where the gradients themselves are not finite."""
+    train, val, vocab = splits
+    cfg = small(steps=1)
+    model = lm.build_model(cfg, len(vocab))
+    # scale the loss through the read-out: gradients of order 1e19..1e20, squares beyond float32
+    model.head.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1e22,))
+    _, rec = lm.train_char_lm(cfg, train, val, len(vocab), model=model)
+    assert rec.nonfinite_step is None and math.isfinite(rec.grad_norm[0]) and rec.grad_norm[0] > 1e19
 
 
 def test_nonfinite_loss_stops_the_run(splits):

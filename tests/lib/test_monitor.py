@@ -44,6 +44,32 @@ def test_global_norm_no_grads_is_zero():
     assert global_grad_norm([torch.zeros(3, requires_grad=True)]) == 0.0
 
 
+def _huge_grads(value=1e20):
+    params = [torch.zeros(10, requires_grad=True), torch.zeros(5, requires_grad=True)]
+    for p in params:
+        p.grad = torch.full(p.shape, value)
+    return params
+
+
+def test_global_norm_of_huge_float32_gradients_is_finite():
+    """Float32 gradients of 1e20: 1e20 * sqrt(15), where float32 arithmetic overflows to inf
+    (the failure chapter 1 teaches); torch on float64 copies is the judge."""
+    params = _huge_grads()
+    ours = global_grad_norm(params)
+    assert ours == pytest.approx(1e20 * math.sqrt(15), rel=1e-7)
+    assert ours == pytest.approx(torch.nn.utils.get_total_norm([p.grad.double() for p in params]).item(), rel=1e-13)
+    assert math.isinf(torch.nn.utils.get_total_norm([p.grad for p in params]).item())
+    assert math.isinf(global_grad_norm(params, dtype=None))  # the gradients' own dtype: torch's result
+    norms = grad_norms(params)
+    assert norms["0"] == pytest.approx(1e20 * math.sqrt(10), rel=1e-7)
+    assert norms["1"] == pytest.approx(1e20 * math.sqrt(5), rel=1e-7)
+
+
+def test_global_norm_bad_norm_type_names_the_argument():
+    with pytest.raises(ValueError, match="norm_type must be a number > 0 or inf"):
+        global_grad_norm(_huge_grads(1.0), "fro")
+
+
 def test_monitor_records_params_and_outputs():
     torch.manual_seed(0)
     model = MLP(5, 8, 3, 1)

@@ -247,7 +247,7 @@ def test_mixed_dtypes_in_one_group_foreach():
     (optim.RMSprop, dict(alpha=-0.5), "alpha must be >= 0"),
     (optim.RMSprop, dict(capturable=True), "capturable=True is not supported"),
     (optim.Adam, dict(betas=(1.0, 0.999)), r"betas\[0\] must be in \[0, 1\)"),
-    (optim.Adam, dict(betas=(0.9, -0.1)), r"betas\[1\] must be >= 0"),
+    (optim.Adam, dict(betas=(0.9, -0.1)), r"betas\[1\] must be in \[0, 1\), got -0.1"),
     (optim.Adam, dict(betas=0.9), "betas must be a pair"),
     (optim.AdamW, dict(weight_decay=-0.01), "weight_decay must be >= 0"),
     (optim.Adam, dict(lr=float("nan")), "lr must be >= 0, got nan"),
@@ -320,39 +320,87 @@ def test_adagrad_add_param_group_creates_state_like_torch(foreach):
 
 
 @pytest.mark.parametrize("name", list(FULL))
-def test_tensor_lr(name):
-    """A 1-element tensor lr works on the loop path (same steps as torch with a float lr) and
-    gives a clear error with foreach=True, at construction or at the step."""
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_tensor_lr_where_torch_takes_it(name, foreach):
+    """A 1-element tensor lr: as torch.optim (2.13) without capturable, SGD, Adagrad and RMSprop take
+    it on both paths and Adam/AdamW on the loop path, with torch's steps; Adam/AdamW refuse it with
+    foreach=True, at construction and at step(), in torch's words plus what to do."""
     kwargs = dict(FULL[name])
-    lr = kwargs.pop("lr")
-    mine, _ = _run(getattr(optim, name), dict(kwargs, lr=torch.tensor(lr, dtype=torch.float64), foreach=False),
-                   torch.float64)
-    ref, _ = _run(getattr(torch.optim, name), dict(kwargs, lr=lr, foreach=False), torch.float64)
-    _assert_same(mine, ref, torch.float64)
-    p = torch.zeros(2, requires_grad=True)
-    with pytest.raises(ValueError, match="lr as a Tensor is not supported with foreach=True.*float"):
-        getattr(optim, name)([p], lr=torch.tensor(lr), foreach=True)
-    opt = getattr(optim, name)([p], lr=lr, foreach=True)
-    opt.param_groups[0]["lr"] = torch.tensor(lr)  # e.g. set by hand or by a scheduler
-    p.grad = torch.ones(2)
-    with pytest.raises(ValueError, match="lr as a Tensor is not supported with foreach=True"):
-        opt.step()
-    with pytest.raises(ValueError, match="lr must be a number or a 1-element tensor"):
-        getattr(optim, name)([p], lr=torch.tensor([lr, lr]))
+    lr = torch.tensor(kwargs.pop("lr"), dtype=torch.float64)
+    ours, ref = (getattr(mod, name) for mod in (optim, torch.optim))
+    if foreach and name in ("Adam", "AdamW"):
+        for cls in (ours, ref):  # torch is the judge: it refuses this too
+            with pytest.raises(ValueError, match="lr as a Tensor is not supported for capturable=False and foreach"):
+                cls([torch.zeros(2, requires_grad=True)], lr=lr, foreach=True)
+        with pytest.raises(ValueError, match=r"pass a float, e.g. lr=float\(lr\), or foreach=False"):
+            ours([torch.zeros(2, requires_grad=True)], lr=lr, foreach=True)
+        p = torch.zeros(2, requires_grad=True)
+        opt = ours([p], lr=0.1, foreach=True)
+        opt.param_groups[0]["lr"] = lr  # e.g. set by hand or by a scheduler
+        p.grad = torch.ones(2)
+        with pytest.raises(ValueError, match="lr as a Tensor is not supported"):
+            opt.step()
+        return
+    mine, _ = _run(ours, dict(kwargs, lr=lr.clone(), foreach=foreach), torch.float64)
+    theirs, _ = _run(ref, dict(kwargs, lr=lr.clone(), foreach=foreach), torch.float64)
+    _assert_same(mine, theirs, torch.float64)
 
 
-def test_default_path_never_picks_foreach_for_a_tensor_lr():
-    """As torch.optim: with foreach=None, CUDA parameters use the foreach path unless lr is a
-    tensor, which only the loop path takes (no error at step())."""
+@pytest.mark.parametrize("name", list(FULL))
+def test_tensor_lr_of_more_than_one_element_is_refused(name):
+    with pytest.raises(ValueError, match="lr must be a number or a 1-element tensor, got a tensor of shape"):
+        getattr(optim, name)([torch.zeros(2, requires_grad=True)], lr=torch.tensor([0.1, 0.1]))
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_betas_as_torch_takes_them(name):
+    """Adam's betas: two floats, or two 1-element tensors on the loop path (torch's steps); one of
+    each raises, and tensor betas with foreach=True raise, as in torch.optim.Adam (2.13)."""
+    ours, ref = getattr(optim, name), getattr(torch.optim, name)
+    b1, b2 = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64)
+    mine, _ = _run(ours, dict(lr=0.01, betas=(b1, b2), foreach=False), torch.float64)
+    theirs, _ = _run(ref, dict(lr=0.01, betas=(b1, b2), foreach=False), torch.float64)
+    _assert_same(mine, theirs, torch.float64)
+    p = [torch.zeros(2, requires_grad=True)]
+    for betas in ((0.9, b2), (b1, 0.999)):
+        for cls in (ours, ref):
+            with pytest.raises(ValueError, match="betas must be"):
+                cls(p, betas=betas)
+        with pytest.raises(ValueError, match="betas must be two numbers or two 1-element tensors.*pass floats"):
+            ours(p, betas=betas)
+    for cls in (ours, ref):
+        with pytest.raises(ValueError, match="betas.0. as a Tensor is not supported for capturable=False and foreach"):
+            cls(p, betas=(b1, b2), foreach=True)
+    with pytest.raises(ValueError, match=r"betas\[1\] must be a number or a 1-element tensor"):
+        ours(p, betas=(b1, torch.tensor([0.9, 0.99])))
+
+
+def test_default_path_never_picks_foreach_for_tensor_hyperparameters():
+    """As torch.optim: with foreach=None, CUDA parameters use the foreach path unless lr or the
+    betas are tensors, which only the loop path takes (no error at step())."""
     from types import SimpleNamespace
 
-    from gradlab.optim import _use_foreach
+    from gradlab.optim import _foreach_for
 
     on_cuda = [SimpleNamespace(device=torch.device("cuda"))]
-    assert _use_foreach(None, on_cuda, 0.1)
-    assert not _use_foreach(None, on_cuda, torch.tensor(0.1))
-    assert not _use_foreach(None, [torch.zeros(1)], 0.1)  # CPU: the loop
-    assert _use_foreach(True, [torch.zeros(1)], 0.1)
+    assert _foreach_for(dict(foreach=None, lr=0.1), on_cuda)
+    assert not _foreach_for(dict(foreach=None, lr=torch.tensor(0.1)), on_cuda)
+    assert not _foreach_for(dict(foreach=None, lr=0.1, betas=(torch.tensor(0.9), torch.tensor(0.99))), on_cuda)
+    assert not _foreach_for(dict(foreach=None, lr=0.1), [torch.zeros(1)])  # CPU: the loop
+    assert _foreach_for(dict(foreach=True, lr=0.1), [torch.zeros(1)])
+
+
+@pytest.mark.parametrize("name", list(FULL))
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_parameters_are_refused_with_a_message(name, dtype):
+    """Integer parameters: a TypeError that says what to do (torch passes on a kernel error,
+    e.g. "lerp_kernel_scalar" not implemented for 'Long')."""
+    p = torch.zeros(3, dtype=dtype)
+    opt = getattr(optim, name)([p], lr=0.1)
+    p.grad = torch.ones(3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"gradlab.optim.{name} updates floating-point parameters.*model.float"):
+        opt.step()
+    assert not p.any()
 
 
 def test_no_grad_no_state():

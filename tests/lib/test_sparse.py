@@ -374,6 +374,25 @@ def test_lazy_bad_inputs():
         sparse.LazyAdam([p], lr=0)
 
 
+@pytest.mark.parametrize("cls", [sparse.SparseAdam, sparse.LazyAdam, sparse.LazySGD])
+def test_integer_parameters_are_refused_with_a_message(cls):
+    """torch passes on "result type Float can't be cast to the desired output type Long"."""
+    with pytest.raises(TypeError, match=f"gradlab.sparse.{cls.__name__} updates floating-point parameters"):
+        cls([torch.zeros(3, 2, dtype=torch.int64)])
+
+
+def test_bad_inputs_keep_torchs_words_and_name_the_argument():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"^Invalid learning rate: -1.0; lr must be > 0$"):
+        sparse.SparseAdam([p], lr=-1.0)
+    with pytest.raises(ValueError, match=r"^Invalid beta parameter at index 0: 1.0; betas\[0\] must be in \[0, 1\)$"):
+        sparse.LazyAdam([p], betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\), got \(0.9,\)"):
+        sparse.LazyAdam([p], betas=(0.9,))
+    with pytest.raises(ValueError, match=r"^Invalid weight_decay value: -0.1; weight_decay must be >= 0$"):
+        sparse.LazySGD([p], weight_decay=-0.1)
+
+
 def test_density_sparse_and_dense():
     x = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
     assert sparse.density(x) == 0.5 == sparse.density(x.to_sparse())

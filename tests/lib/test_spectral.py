@@ -127,7 +127,7 @@ def test_power_iteration_bad_inputs():
         sp.power_iteration(torch.ones(5))
     with pytest.raises(ValueError, match=r"v must be a tensor of shape \[\.\.\., 4\]"):
         sp.power_iteration(A, torch.ones(5))
-    with pytest.raises(ValueError, match="num_iters must be >= 1"):
+    with pytest.raises(ValueError, match="num_iters must be an int >= 1"):
         sp.power_iteration(A, num_iters=0)
     with pytest.raises(TypeError, match="float32 or float64"):
         sp.power_iteration(torch.ones(3, 3, dtype=torch.int64))
@@ -224,13 +224,13 @@ def test_randomized_svd_bad_inputs():
     A = randn(10, 6)
     with pytest.raises(ValueError, match=r"rank must be <= min\(m, n\) = 6"):
         sp.randomized_svd(A, 7)
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
         sp.randomized_svd(A, 0)
     with pytest.raises(TypeError, match="rank must be an int"):
         sp.randomized_svd(A, 2.0)
-    with pytest.raises(ValueError, match="oversample must be >= 0"):
+    with pytest.raises(ValueError, match="oversample must be an int >= 0"):
         sp.randomized_svd(A, 2, oversample=-1)
-    with pytest.raises(ValueError, match="power_iters must be >= 0"):
+    with pytest.raises(ValueError, match="power_iters must be an int >= 0"):
         sp.randomized_svd(A, 2, power_iters=-2)
     with pytest.raises(ValueError, match="must be a matrix"):
         sp.randomized_svd(torch.ones(6), 1)
@@ -270,7 +270,7 @@ def test_halko_probability_and_small_oversampling():
     for p in (0, 2, 3):
         with pytest.raises(ValueError, match="oversample must be >= 4 .* probability"):
             sp.halko_bound(s, 1, p)
-    with pytest.raises(ValueError, match="oversample must be >= 0"):
+    with pytest.raises(ValueError, match="oversample must be an int >= 0"):
         sp.halko_probability(-1)
     with pytest.raises(ValueError, match="rank must be < the number of singular values"):
         sp.halko_bound(s, 6, 4)
@@ -326,7 +326,7 @@ def test_spectral_norm_bounds_sigma_and_eval_freezes_vectors():
 def test_spectral_norm_bad_inputs():
     with pytest.raises(ValueError, match="no parameter or buffer named 'kernel'"):
         sp.spectral_norm(torch.nn.Linear(3, 3), name="kernel")
-    with pytest.raises(ValueError, match="n_power_iterations must be >= 1"):
+    with pytest.raises(ValueError, match="n_power_iterations must be an int >= 1"):
         sp.spectral_norm(torch.nn.Linear(3, 3), n_power_iterations=0)
     with pytest.raises(IndexError, match="dim must be in"):
         sp.spectral_norm(torch.nn.Linear(3, 3), dim=2)
@@ -491,7 +491,7 @@ def test_subspace_classifier_matches_numpy(rank):
 
 
 def test_subspace_classifier_bad_inputs():
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
         sp.SubspaceClassifier(0)
     with pytest.raises(RuntimeError, match="call fit"):
         sp.SubspaceClassifier(1).predict(torch.ones(2, 3))
@@ -610,7 +610,7 @@ def test_hessian_eig_bad_input():
         sp.hessian_eig(lambda: x.sum(), [torch.ones(3)])
     with pytest.raises(ValueError, match="scalar"):
         sp.hessian_eig(lambda: x * 2, [x])
-    with pytest.raises(ValueError, match="num_iters must be >= 1"):
+    with pytest.raises(ValueError, match="num_iters must be an int >= 1"):
         sp.hessian_eig(lambda: (x ** 2).sum(), [x], num_iters=0)
     with pytest.raises(ValueError, match="tol must be > 0"):
         sp.hessian_eig(lambda: (x ** 2).sum(), [x], tol=0.0)

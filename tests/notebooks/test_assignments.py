@@ -49,13 +49,14 @@ def my_top_singular(W, v, num_iters):
         v = W.T @ u
     return (W @ v).norm() / v.norm(), u, v
 ''', "normalis"),
+    # eps inside the square root: invisible at eps = 1e-8 (the visible cases), caught at eps = 0.1
     "04_optimizers": ("my_adam_step", '''
 def my_adam_step(p, g, m, v, t, lr, beta1, beta2, eps):
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    m_hat, v_hat = m / (1 - beta1 ** (t + 1)), v / (1 - beta2 ** (t + 1))
-    return p - lr * m_hat / (v_hat.sqrt() + eps), m, v
-''', "exponent"),
+    m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+    return p - lr * m_hat / (v_hat + eps).sqrt(), m, v
+''', "inside the square root"),
     "05_sparse": ("my_ef_topk", '''
 def my_ef_topk(grad, residual, k):
     acc = grad + residual
@@ -77,9 +78,10 @@ def my_warmup(step, warmup_steps):
 
 
 def _nbgrader(course: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "nbgrader"
-    run = subprocess.run([str(exe), *args], cwd=course, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    bin_dir = Path(sys.executable).parent  # nbgrader runs `alembic` from the PATH
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run([str(bin_dir / "nbgrader"), *args], cwd=course, capture_output=True, text=True,
+                         timeout=timeout, env=env)
     assert run.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run
 
