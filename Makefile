@@ -63,7 +63,7 @@ pdf: $(STAMP) tex-deps
 	@grep -a "updating environment" _build/latex-sphinx.log
 	@! grep -a "Executing notebook" _build/latex-sphinx.log || { \
 	  echo "the LaTeX build executed chapters again (sources changed during the build?): run make book"; exit 1; }
-	cd $(PDFDIR)/latex && latexmk -pdf -dvi- -ps- -interaction=nonstopmode -halt-on-error -silent $(PDF:.pdf=.tex)
+	cd $(PDFDIR)/latex && LATEXOPTS= XINDYOPTS= latexmk -pdf -dvi- -ps- -interaction=nonstopmode -halt-on-error -silent $(PDF:.pdf=.tex)
 	cp $(PDFDIR)/latex/$(PDF) _build/html/$(PDF)
 
 # Debian's TeX Live for the PDF edition (XeLaTeX, latexmk; ~350 MB) and poppler-utils for its test.

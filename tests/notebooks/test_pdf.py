@@ -110,9 +110,10 @@ def test_latex_build_executed_nothing():
 
 
 def test_every_title_in_the_toc_is_in_the_pdf(text):
+    """Each title at least twice: in the table of contents and as its chapter's heading."""
     body = _normal(text)
-    missing = [(doc, _title(doc)) for doc in toc_files() if _normal(_title(doc)) not in body]
-    assert not missing, f"titles not found in the PDF text: {missing}"
+    missing = [(doc, _title(doc)) for doc in toc_files() if body.count(_normal(_title(doc))) < 2]
+    assert not missing, f"titles not found (twice) in the PDF text: {missing}"
 
 
 def test_pdf_has_every_figure(pdf):
@@ -136,17 +137,19 @@ def test_every_exercise_is_followed_by_its_solution(text):
     sources = [ROOT / f"{doc}.md" for doc in toc_files()]
     exercises = sum(len(re.findall(r"^`{3,}\{exercise\}", p.read_text(), re.M)) for p in sources)
     body = " ".join(text.split())
-    shown = re.findall(r"Exercise (\d+) \(", body)
-    solved = re.findall(r"Solution to Exercise (\d+) \(", body)
+    shown = {int(m.group(1)): m.start() for m in re.finditer(r"(?<!Solution to )Exercise (\d+) \(", body)}
+    solved = {int(m.group(1)): m.start() for m in re.finditer(r"Solution to Exercise (\d+) \(", body)}
     assert exercises >= 10
-    assert len(solved) == exercises, f"{len(solved)} solutions printed for {exercises} exercises"
-    assert len(shown) >= exercises, f"{len(shown)} exercise headings for {exercises} exercises"
+    assert sorted(shown) == list(range(1, exercises + 1)), f"exercise headings {sorted(shown)}"
+    assert sorted(solved) == sorted(shown), f"solutions printed for exercises {sorted(solved)}"
+    late = [n for n in shown if not shown[n] < solved[n] < shown.get(n + 1, len(body))]
+    assert not late, f"solutions not right after their exercises: {late}"
 
 
 def test_bibliography_lists_every_reference(text):
     bib = (ROOT / "chapters" / "references.bib").read_text()
     entries = len(re.findall(r"^@\w+\{", bib, re.M))
-    labels = {int(n) for n in re.findall(r"^\[(\d+)\] ", text, re.M)}
+    labels = {int(n) for n in re.findall(r"^\s*\[(\d+)\]\s", text, re.M)}
     assert labels == set(range(1, entries + 1)), f"bibliography labels {sorted(labels)}, {entries} entries"
 
 
@@ -157,6 +160,32 @@ def test_no_missing_glyphs_and_only_known_latex_warnings():
     warnings = [line for line in log.splitlines() if re.search(r"Warning:", line)
                 and not line.startswith(KNOWN_LATEX_WARNINGS)]
     assert not warnings, "new LaTeX warnings:\n" + "\n".join(warnings[:20])
+
+
+# Overfull lines in the PDF that the chapters' markup causes, by a piece of their TeX.
+# Chapter 7 writes the four LSTM equations as one display line (134 pt too wide); the
+# fix (one equation per line in an aligned block) belongs to the chapter.
+KNOWN_OVERFULL = ("i, f, g, o = \\sigma(z_i), \\sigma(z_f)",)
+
+
+def test_nothing_runs_into_the_margin():
+    """No line (text, table, display math) sticks out of the text block by more than 5 pt.
+
+    Code and outputs wrap (Sphinx's verbatimwrapslines), so these are prose, tables and math.
+    """
+    log = (LATEX / f"{NAME}.log").read_text(errors="replace")
+    tex = (LATEX / f"{NAME}.tex").read_text().splitlines()
+    wide = []
+    for m in re.finditer(r"Overfull \\hbox \(([\d.]+)pt too wide\) (?:detected at line (\d+)|"
+                         r"in paragraph at lines (\d+)--(\d+))", log):
+        if float(m.group(1)) <= 5:
+            continue
+        end = int(m.group(2) or m.group(4))
+        start = int(m.group(3)) if m.group(3) else end - 8
+        source = "\n".join(tex[max(start - 1, 0):end])
+        if not any(known in source for known in KNOWN_OVERFULL):
+            wide.append(f"{m.group(1)} pt at {NAME}.tex:{start}-{end}: {source[-300:]}")
+    assert not wide, "lines wider than the page:\n" + "\n\n".join(wide)
 
 
 def test_config_builds_the_pdf_named_here():
