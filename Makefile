@@ -1,7 +1,9 @@
 # Taming Exploding Gradients: set-up, book, tests, benchmarks.
 #   make book    set up the environment and build the book (executes every chapter)
 #   make test    set up the environment and run every test (what CI runs)
-#   make bench   run the benchmarks, write JSON under benchmarks/results/<device>/
+#   make pdf     the PDF edition from the book build's executed chapters (builds the book first
+#                if it is missing or older than the sources); installs Debian's TeX Live if missing
+#   make bench   run the benchmarks, write JSON under lib/gradlab/benchmark_results/<device>/
 #   make robust  re-execute every chapter at its default size with seed=1 and 2 threads
 #                (only the chapters' asserts judge it; part of make test)
 # Other targets: notebooks (re-execute chapters into their .ipynb), nbval, lint,
@@ -21,7 +23,7 @@ export JUPYTER_PLATFORM_DIRS := 1
 # thread per kernel makes them 5-20x slower. Outputs are rounded to be thread-count stable.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: all setup book notebooks robust test lint unit browser-deps bench nbval student assignments lab floor clean
+.PHONY: all setup book pdf tex-deps notebooks robust test lint unit browser-deps bench nbval student assignments lab floor clean
 
 all: book
 
@@ -40,6 +42,38 @@ setup: $(STAMP)
 book: $(STAMP)
 	rm -rf _build/html _build/jupyter_execute _build/.doctrees
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build . -W -n --keep-going
+
+# The PDF edition: $(PDFDIR)/latex/$(PDF), copied to _build/html/$(PDF) (the front page links it).
+# Sphinx's LaTeX builder reuses the environment and doctrees of the HTML build (a copy of
+# _build/.doctrees, which the LaTeX build may rewrite), so no chapter is executed a second
+# time: its log (_build/latex-sphinx.log) must say "0 added, 0 changed, 0 removed", and the
+# target fails if it executed anything. The HTML build comes first when it is missing or
+# older than the sources.
+PDF := taming-exploding-gradients.pdf
+PDFDIR := _build/pdf/_build
+BOOK_SOURCES := _config.yml _toc.yml chapters lib/gradlab
+pdf: $(STAMP) tex-deps
+	@if [ ! -f _build/html/.buildinfo ] || [ ! -f _build/.doctrees/environment.pickle ] || \
+	    [ -n "$$(find $(BOOK_SOURCES) -newer _build/html/.buildinfo -type f \( -name '*.md' -o -name '*.py' \
+	        -o -name '*.yml' -o -name '*.bib' -o -name '*.json' \) -not -path '*/_build/*' 2>/dev/null | head -n 1)" ]; then \
+	  echo "the HTML build is missing or older than the sources: building it first"; $(MAKE) book; fi
+	rm -rf _build/pdf _build/html/$(PDF) && mkdir -p $(PDFDIR) && cp -a _build/.doctrees $(PDFDIR)/.doctrees
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build . --path-output _build/pdf --builder latex \
+	  -W -n --keep-going > _build/latex-sphinx.log 2>&1 || { cat _build/latex-sphinx.log; exit 1; }
+	@grep -a "updating environment" _build/latex-sphinx.log
+	@! grep -a "Executing notebook" _build/latex-sphinx.log || { \
+	  echo "the LaTeX build executed chapters again (sources changed during the build?): run make book"; exit 1; }
+	cd $(PDFDIR)/latex && LATEXOPTS= XINDYOPTS= latexmk -pdf -dvi- -ps- -interaction=nonstopmode -halt-on-error -silent $(PDF:.pdf=.tex)
+	cp $(PDFDIR)/latex/$(PDF) _build/html/$(PDF)
+
+# Debian's TeX Live for the PDF edition (XeLaTeX, latexmk; ~350 MB) and poppler-utils for its test.
+TEX_PACKAGES := texlive-xetex texlive-fonts-recommended latexmk poppler-utils fonts-dejavu-core fonts-dejavu-extra
+tex-deps:
+	@{ command -v xelatex && command -v latexmk && command -v pdftotext && kpsewhich pzdr.tfm \
+	   && fc-list | grep -q "DejaVu Math TeX Gyre"; } >/dev/null 2>&1 || { \
+	  echo "installing Debian TeX Live (XeLaTeX) for the PDF edition"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    $(TEX_PACKAGES)) >/dev/null; }
 
 # Maintainers: re-execute chapters (default size, CPU) and store outputs in the paired .ipynb.
 notebooks: $(STAMP)
@@ -65,14 +99,16 @@ browser-deps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core) >/dev/null; }
 
-# Every test: lint, unit/parity, the benchmarks' --quick smoke runs, pairing, quick
-# papermill runs, the book build (the one default-size execution), output regression,
-# and the browser checks.
+# Every test: lint, unit/parity, the benchmarks' --quick smoke runs, pairing, the quick
+# runs of every chapter alone (standalone), the student notebooks, the nbgrader round trip,
+# the book build (the one default-size execution), the PDF edition from it, the robustness
+# run, output regression, and the browser checks.
 test: $(STAMP) browser-deps lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/benchmarks tests/notebooks -q -m "not book and not browser" --durations=10
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/benchmarks tests/notebooks -q -m "not book and not browser and not pdf" --durations=10
 	$(MAKE) book
+	$(MAKE) pdf
 	$(MAKE) robust
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/notebooks -q -m "book or browser"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/notebooks -q -m "book or browser or pdf"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -14,6 +14,11 @@ BUILD = ROOT / "_build"
 HTML = BUILD / "html"
 
 
+def pytest_configure(config) -> None:
+    # registered here rather than in pyproject.toml's marker list (see test_pdf.py)
+    config.addinivalue_line("markers", "pdf: needs the PDF edition built by `make pdf`")
+
+
 def toc_files() -> list[str]:
     """Every document named in _toc.yml, in reading order (without suffix)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
