@@ -42,21 +42,28 @@ def my_clip_grad_norm_(parameters, max_norm):
             p.grad.mul_(scale)
     return total
 ''', "twice"),
+    # normalising only at the end: right on ordinary matrices (the visible cases), overflows on
+    # entries of size 1000 (a hidden case)
     "03_spectral": ("my_top_singular", '''
 def my_top_singular(W, v, num_iters):
     for _ in range(num_iters):
         u = W @ v
         v = W.T @ u
-    return (W @ v).norm() / v.norm(), u, v
-''', "normalis"),
-    # eps inside the square root: invisible at eps = 1e-8 (the visible cases), caught at eps = 0.1
+    v = v / v.norm()
+    u = W @ v
+    sigma = u.norm()
+    return sigma, u / sigma, v
+''', "overflow"),
+    # computed and returned in float64 "for accuracy": right on float64 inputs (the visible
+    # cases), the wrong dtype for float32 parameters (a hidden case)
     "04_optimizers": ("my_adam_step", '''
 def my_adam_step(p, g, m, v, t, lr, beta1, beta2, eps):
+    p, g, m, v = p.double(), g.double(), m.double(), v.double()
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
-    return p - lr * m_hat / (v_hat + eps).sqrt(), m, v
-''', "inside the square root"),
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+    return p - lr * m_hat / (v_hat.sqrt() + eps), m, v
+''', "keep the dtype"),
     "05_sparse": ("my_ef_topk", '''
 def my_ef_topk(grad, residual, k):
     acc = grad + residual
