@@ -264,20 +264,31 @@ def answer_cell(ex: Exercise) -> str:
 
 
 def test_cells(ex: Exercise) -> tuple[str, str]:
-    """(visible test, hidden test): the stub's own checks, as assertions."""
+    """(visible test, hidden test): the stub's own checks on their visible and their hidden
+    cases. Each cell prints the checker's message (the feedback) and ends with its points:
+    the cell's points times the fraction of cases that pass, nbgrader's partial credit (so
+    a mistake the checker finds on one named case only loses that case's share)."""
     calls = _check_calls(ex.stub)
     if not calls:
         raise ValueError(f"exercise {ex.label} has a stub but no gradlab.checks call")
-    visible, hidden = [], []
-    for call in calls:
-        vis = copy.deepcopy(call)
-        vis.keywords = [k for k in vis.keywords if k.arg != "cases"] + [ast.keyword("cases", ast.Constant("visible"))]
-        visible.append(f"{ast.unparse(vis)}.require()")
-        hidden.append(f"{ast.unparse(call)}.require()")
-    vis_src = "# Autograded: the visible cases of the exercise's check (it says what is wrong).\n" + "\n".join(visible)
-    hid_src = ("# Autograded: more cases, checked when your work is graded.\n### BEGIN HIDDEN TESTS\n"
-               + "\n".join(hidden) + "\n### END HIDDEN TESTS")
-    return vis_src, hid_src
+
+    def cell(selection: str, points: int) -> list[str]:
+        lines, scores = [], []
+        for k, call in enumerate(calls):
+            call = copy.deepcopy(call)
+            call.keywords = [kw for kw in call.keywords if kw.arg != "cases"] + [
+                ast.keyword("cases", ast.Constant(selection))]
+            name = f"result{k + 1}" if len(calls) > 1 else "result"
+            lines += [f"{name} = {ast.unparse(call)}", f"print({name})"]
+            scores.append(f"{name}.score")
+        mean = scores[0] if len(scores) == 1 else f"({' + '.join(scores)}) / {len(scores)}"
+        return lines + [f"round({points} * {mean}, 2)  # points: {points} x the fraction of cases that pass"]
+
+    visible = "\n".join([f"# Autograded, {POINTS_VISIBLE} points: the cases you can check yourself (the message "
+                         "says what is wrong)."] + cell("visible", POINTS_VISIBLE))
+    hidden = "\n".join([f"# Autograded, {POINTS_HIDDEN} points: more cases, checked when your work is graded.",
+                        "### BEGIN HIDDEN TESTS", *cell("hidden", POINTS_HIDDEN), "### END HIDDEN TESTS"])
+    return visible, hidden
 
 
 # --------------------------------------------------------------------------- the assignment notebook
