@@ -96,12 +96,12 @@ class PowerSGDState(CommStats):
     ``scaler``, ``max_norm`` then clips ``S`` times too hard and the error
     buffers are kept in the scale of the step that filled them, which is wrong
     by the ratio of the scales (2 with GradScaler's defaults) after every
-    change of ``S``. With ``scaler``, the
-    hook divides the bucket by the current ``S`` first, so clipping, error
-    buffers, ``grad_norm`` and :meth:`error_norm` are in unscaled units, and
-    multiplies the result by ``S`` again, so that ``scaler.unscale_`` finds the
-    scaled gradient it expects. torch's own ``PowerSGDState`` has no such
-    argument.
+    change of ``S``. With ``scaler``, the hook divides the bucket by the
+    current ``S`` first, so clipping, error buffers, ``grad_norm`` and
+    :meth:`error_norm` are in unscaled units, and multiplies the result by
+    ``S`` again, so that ``scaler.unscale_`` finds the scaled gradient it
+    expects (exactly, when ``S`` is a power of two, as GradScaler's scales
+    are by default). torch's own ``PowerSGDState`` has no such argument.
 
     ``nonfinite`` (``"skip"`` or ``"raise"``, see :class:`PowerSGD`): a bucket
     with an ``inf`` or ``NaN`` on any worker is all-reduced uncompressed (so
