@@ -8,7 +8,8 @@ r"""Data-parallel training with compressed communication.
   ``torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook``. gradlab's own
   additions, which torch's hook does not have: ``max_norm`` (the local gradient
   is clipped before it is compressed), ``nonfinite`` (a bucket holding an inf or
-  NaN passes through uncompressed and stays out of the state), and the
+  NaN passes through uncompressed and stays out of the state), ``scaler`` (the
+  hook works in unscaled units under mixed precision's loss scaling), and the
   monitoring fields ``bytes_sent``, ``grad_norm`` and :meth:`PowerSGDState.error_norm`;
 * :func:`main`: the training script of the compression chapter, run under
   ``torchrun`` as a module (see below).
@@ -61,11 +62,14 @@ def allreduce_hook(state: CommStats, bucket) -> torch.futures.Future[torch.Tenso
     return _allreduce_mean_fut(state, buf, group, dist.get_world_size(group))
 
 
-def _allreduce_mean_fut(state: CommStats, buf: torch.Tensor, group, world: int) -> torch.futures.Future[torch.Tensor]:
+def _allreduce_mean_fut(state: CommStats, buf: torch.Tensor, group, world: int,
+                        rescale: float = 1.0) -> torch.futures.Future[torch.Tensor]:
     import torch.distributed as dist
 
     state.bytes_sent += buf.numel() * buf.element_size()
     fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
+    if rescale != 1.0:
+        return fut.then(lambda f: f.value()[0].div_(world).mul_(rescale))
     return fut.then(lambda f: f.value()[0].div_(world))
 
 
@@ -87,6 +91,20 @@ class PowerSGDState(CommStats):
     :meth:`error_norm` are for monitoring; ``error_norm() / grad_norm`` says how
     many steps' worth of gradient the error buffer holds back.
 
+    ``scaler``: under mixed precision, the ``torch.amp.GradScaler`` (or any
+    object with ``get_scale()``) that scales the loss. DDP runs the hook during
+    ``backward()``, before ``scaler.unscale_``, so the bucket holds the gradient
+    multiplied by the loss scale ``S`` (up to ``2**16`` and more). Without
+    ``scaler``, ``max_norm`` then clips ``S`` times too hard and the error
+    buffers are kept in the scale of the step that filled them, which is wrong
+    by the ratio of the scales (2 with GradScaler's defaults) after every
+    change of ``S``. With ``scaler``, the hook divides the bucket by the
+    current ``S`` first, so clipping, error buffers, ``grad_norm`` and
+    :meth:`error_norm` are in unscaled units, and multiplies the result by
+    ``S`` again, so that ``scaler.unscale_`` finds the scaled gradient it
+    expects (exactly, when ``S`` is a power of two, as GradScaler's scales
+    are by default). torch's own ``PowerSGDState`` has no such argument.
+
     ``nonfinite`` (``"skip"`` or ``"raise"``, see :class:`PowerSGD`): a bucket
     with an ``inf`` or ``NaN`` on any worker is all-reduced uncompressed (so
     ``GradScaler`` or a norm check after ``backward()`` sees it and skips the
@@ -98,17 +116,21 @@ class PowerSGDState(CommStats):
     def __init__(self, process_group=None, matrix_approximation_rank: int = 1,
                  start_powerSGD_iter: int = 1_000, min_compression_rate: float = 2,
                  use_error_feedback: bool = True, warm_start: bool = True, random_seed: int = 0,
-                 max_norm: float | None = None, nonfinite: str = "skip") -> None:
+                 max_norm: float | None = None, nonfinite: str = "skip", scaler=None) -> None:
         super().__init__(process_group=process_group)
         _validate.integer("start_powerSGD_iter", start_powerSGD_iter, 0,
                           hint="the steps all-reduced uncompressed before PowerSGD starts")
         _check_rate(min_compression_rate)
         if max_norm is not None:
             _validate.positive("max_norm", max_norm, finite=True, hint="or None for no local clipping")
+        if scaler is not None and not callable(getattr(scaler, "get_scale", None)):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler (anything with get_scale()) or None, "
+                            f"got {type(scaler).__name__}")
         self.matrix_approximation_rank = _check_rank(matrix_approximation_rank)
         self.start_powerSGD_iter = start_powerSGD_iter
         self.min_compression_rate = float(min_compression_rate)
         self.max_norm = max_norm
+        self.scaler = scaler
         self.compressor = PowerSGD(matrix_approximation_rank, warm_start=warm_start,
                                    error_feedback=use_error_feedback, seed=random_seed, nonfinite=nonfinite)
         self.iter = 0
@@ -131,13 +153,17 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     :func:`should_compress` are compressed (one all-reduce of ``n r`` numbers for
     ``P`` and one of ``m r`` for ``Q``), everything else is all-reduced as is.
     Collectives are issued in the same order on every worker, which is what
-    DDP requires.
+    DDP requires. With ``state.scaler`` the bucket is divided by the loss scale
+    before all of this and multiplied by it again at the end.
     """
     import torch.distributed as dist
 
     group = state.process_group or dist.group.WORLD
     world = dist.get_world_size(group)
     buf = bucket.buffer()
+    scale = 1.0 if state.scaler is None else float(state.scaler.get_scale())
+    if scale != 1.0:
+        buf.div_(scale)  # unscaled units for clipping, error buffers and norms
     norm = torch.linalg.vector_norm(buf).item()
     if state.max_norm is not None and math.isfinite(norm) and norm > state.max_norm:
         # clip the local gradient before anything else; a non-finite bucket is left as it is,
@@ -151,7 +177,7 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
         if bucket.is_last():
             state.iter += 1
             state.steps += 1
-        return _allreduce_mean_fut(state, buf, group, world)
+        return _allreduce_mean_fut(state, buf, group, world, rescale=scale)
 
     grads = bucket.gradients()
     params = bucket.parameters()
@@ -190,6 +216,8 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
         else:
             state.compressed_steps += 1
         state._skipped_this_step = False
+    if scale != 1.0:
+        buf.mul_(scale)  # back to the scaled units that GradScaler.unscale_ expects
     fut: torch.futures.Future = torch.futures.Future(devices=[buf.device] if buf.is_cuda else None)
     fut.set_result(buf)
     return fut

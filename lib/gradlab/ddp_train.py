@@ -10,8 +10,18 @@ Runs real ``torch.distributed`` processes (gloo on CPU, NCCL on GPUs) under
   beyond ``--steps`` it never compresses, which gives all-reduce with the local
   gradient clipped.
 
-One launch trains several configurations one after the other (same seed, same
-batches), so the processes start once. On one machine::
+Mixed precision's loss scaling, in float32 (so that only the scale, not
+float16's range, differs from an unscaled run): ``loss_scale=S`` trains with
+``torch.amp.GradScaler(init_scale=S, growth_interval=growth)``, so the hooks see
+gradients multiplied by the scale, which doubles every ``growth`` steps;
+``scale_aware=1`` hands the scaler to gradlab's hook (``PowerSGDState(scaler=...)``);
+``clip_after=c`` clips the averaged gradient with ``clip_grad_norm_`` after
+``backward()`` (after ``scaler.unscale_``), torch's usual recipe.
+
+One launch trains several configurations one after the other, so the processes
+start once. Each configuration uses ``--seed`` unless it names its own
+``seed=``; the seed fixes the data split, the initial weights, the batches and
+PowerSGD's random start. On one machine::
 
     torchrun --standalone --nproc_per_node 2 -m gradlab.ddp_train \
         --config name=plain,hook=allreduce \
@@ -54,7 +64,9 @@ from gradlab.data import load_digits
 from gradlab.ddp import PowerSGDState, powerSGD_hook
 
 DEFAULTS = {"name": None, "hook": "allreduce", "rank": 1, "start": 2, "min_rate": 2.0, "lr": 0.1,
-            "clip": None, "momentum": 0.9}
+            "clip": None, "momentum": 0.9, "seed": None, "loss_scale": None, "growth": 2000,
+            "scale_aware": 0, "clip_after": None}
+INT_KEYS = ("rank", "start", "seed", "growth", "scale_aware")
 
 
 def parse_run(text: str) -> dict:
@@ -66,12 +78,16 @@ def parse_run(text: str) -> dict:
             raise SystemExit(f"unknown run option {key!r}; known: {', '.join(DEFAULTS)}")
         if key in ("name", "hook"):
             cfg[key] = value
-        elif key in ("rank", "start"):
-            cfg[key] = int(value)
+        elif key in INT_KEYS:
+            cfg[key] = None if value in ("", "none") else int(value)
         else:
             cfg[key] = None if value in ("", "none") else float(value)
     if cfg["hook"] not in ("allreduce", "torch", "gradlab"):
         raise SystemExit(f"hook must be allreduce, torch or gradlab, got {cfg['hook']!r}")
+    if cfg["scale_aware"] and cfg["hook"] != "gradlab":
+        raise SystemExit("scale_aware=1 needs hook=gradlab (torch's hooks know nothing of the loss scale)")
+    if cfg["scale_aware"] and cfg["loss_scale"] is None:
+        raise SystemExit("scale_aware=1 needs loss_scale=S (there is no scale to be aware of)")
     cfg["name"] = cfg["name"] or cfg["hook"]
     return cfg
 
@@ -103,7 +119,11 @@ def make_model(hidden: int, seed: int) -> nn.Module:
 
 def train(cfg: dict, args, data, device: torch.device) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_model(args.hidden, args.seed).to(device)
+    seed = cfg["seed"]
+    model = make_model(args.hidden, seed).to(device)
+    scaler = None
+    if cfg["loss_scale"] is not None:
+        scaler = torch.amp.GradScaler(device.type, init_scale=cfg["loss_scale"], growth_interval=cfg["growth"])
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     state = None
     if cfg["hook"] == "allreduce":
@@ -111,18 +131,19 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
     elif cfg["hook"] == "torch":
         state = torch_powersgd.PowerSGDState(
             process_group=None, matrix_approximation_rank=cfg["rank"], start_powerSGD_iter=cfg["start"],
-            min_compression_rate=cfg["min_rate"], random_seed=args.seed)
+            min_compression_rate=cfg["min_rate"], random_seed=seed)
         ddp.register_comm_hook(state, torch_powersgd.powerSGD_hook)
     else:
         state = PowerSGDState(
             matrix_approximation_rank=cfg["rank"], start_powerSGD_iter=cfg["start"],
-            min_compression_rate=cfg["min_rate"], random_seed=args.seed, max_norm=cfg["clip"])
+            min_compression_rate=cfg["min_rate"], random_seed=seed, max_norm=cfg["clip"],
+            scaler=scaler if cfg["scale_aware"] else None)
         ddp.register_comm_hook(state, powerSGD_hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     x, y, x_test, y_test = data
-    batches = torch.Generator().manual_seed(args.seed)
+    batches = torch.Generator().manual_seed(seed)
     local = args.batch // world
-    losses, bytes_per_step, step_times, error_norms, grad_norms = [], [], [], [], []
+    losses, bytes_per_step, step_times, error_norms, grad_norms, scales = [], [], [], [], [], []
     with ByteCounter() as counter:
         for _ in range(args.steps):
             idx = torch.randint(0, len(x), (args.batch,), generator=batches)[rank * local:(rank + 1) * local]
@@ -131,8 +152,19 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
             before = counter.bytes
             loss = nn.functional.cross_entropy(ddp(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                if cfg["clip_after"] is not None:
+                    nn.utils.clip_grad_norm_(ddp.parameters(), cfg["clip_after"])
+                opt.step()
+            else:
+                scales.append(scaler.get_scale())
+                scaler.scale(loss).backward()  # the hooks run here, on scaled gradients
+                scaler.unscale_(opt)
+                if cfg["clip_after"] is not None:
+                    nn.utils.clip_grad_norm_(ddp.parameters(), cfg["clip_after"])
+                scaler.step(opt)
+                scaler.update()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
@@ -152,7 +184,7 @@ def train(cfg: dict, args, data, device: torch.device) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     return {"config": cfg, "losses": losses, "bytes_per_step": bytes_per_step,
             "step_time_median_s": statistics.median(step_times), "wall_s": sum(step_times),
-            "error_norms": error_norms, "grad_norms": grad_norms, "test_accuracy": acc,
+            "error_norms": error_norms, "grad_norms": grad_norms, "loss_scales": scales, "test_accuracy": acc,
             "skipped_steps": getattr(state, "skipped_steps", 0),
             "diverged": len(losses) < args.steps,
             "params": n_params, "dense_bytes_per_step": 4 * n_params,
@@ -163,7 +195,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", action="append", type=parse_run, default=None,
                     help="a configuration: name=..,hook=allreduce|torch|gradlab,rank=..,start=..,"
-                         "min_rate=..,lr=..,clip=..,momentum=.. (repeatable)")
+                         "min_rate=..,lr=..,clip=..,momentum=..,seed=..,loss_scale=..,growth=..,"
+                         "scale_aware=0|1,clip_after=.. (repeatable)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64, help="global batch, split over the workers")
     ap.add_argument("--hidden", type=int, default=256)
@@ -184,10 +217,15 @@ def main(argv=None) -> None:
         device = torch.device("cpu")
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dist.init_process_group(backend)
-    split = load_digits(seed=args.seed)
-    data = (split.x_train, split.y_train, split.x_test, split.y_test)
+    data = {}
+    for cfg in runs:
+        if cfg["seed"] is None:
+            cfg["seed"] = args.seed
+        if cfg["seed"] not in data:
+            split = load_digits(seed=cfg["seed"])
+            data[cfg["seed"]] = (split.x_train, split.y_train, split.x_test, split.y_test)
     t0 = time.perf_counter()
-    results = [train(cfg, args, data, device) for cfg in runs]
+    results = [train(cfg, args, data[cfg["seed"]], device) for cfg in runs]
     record = {"world_size": dist.get_world_size(), "backend": backend, "steps": args.steps,
               "batch": args.batch, "hidden": args.hidden, "device": str(device),
               "total_s": time.perf_counter() - t0, "runs": results}

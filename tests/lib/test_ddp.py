@@ -34,6 +34,11 @@ def test_bad_inputs(call, match):
         call()
 
 
+def test_scaler_without_get_scale_is_refused():
+    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
+        PowerSGDState(scaler=65536.0)
+
+
 def torch_state_default(name):
     import inspect
 
@@ -164,6 +169,44 @@ def test_hook_without_clipping_reports_the_unclipped_norm(one_process_group):
     assert state.grad_norm == pytest.approx(torch.linalg.vector_norm(grads[0]).item(), rel=1e-6)
 
 
+class _Scaler:
+    """What the hook uses of torch.amp.GradScaler: get_scale()."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def get_scale(self):
+        return self.scale
+
+
+@pytest.mark.parametrize("max_norm", [None, 1.0])
+def test_scale_aware_hook_works_in_unscaled_units(one_process_group, max_norm):
+    """Under loss scaling the hook sees S * g. With the scaler it must return exactly S times what
+    the hook returns for g without scaling (clipping and error buffers in unscaled units), also when S
+    changes between steps; without the scaler, max_norm clips S times too hard and the error buffer
+    is off by the ratio of the scales after a change (the controls that make this test able to fail)."""
+
+    params = [torch.zeros(16, 12), torch.zeros(12), torch.zeros(10, 16)]
+    kw = dict(matrix_approximation_rank=1, start_powerSGD_iter=1, max_norm=max_norm, random_seed=3)
+    scaler = _Scaler(2.0**16)
+    plain, aware, unaware = PowerSGDState(**kw), PowerSGDState(**kw, scaler=scaler), PowerSGDState(**kw)
+    unaware_matches = []
+    for step, scale in enumerate([2.0**16, 2.0**16, 2.0**17, 2.0**17, 2.0**16]):
+        scaler.scale = scale
+        grads = [3 * randn(*p.shape, dtype=torch.float32, seed=10 * step + i) for i, p in enumerate(params)]
+        want = powerSGD_hook(plain, _Bucket(params, [g.clone() for g in grads])).wait()
+        got = powerSGD_hook(aware, _Bucket(params, [scale * g for g in grads])).wait()
+        torch.testing.assert_close(got, scale * want, rtol=1e-6, atol=0)
+        assert aware.grad_norm == pytest.approx(plain.grad_norm, rel=1e-6)
+        assert aware.error_norm() == pytest.approx(plain.error_norm(), rel=1e-6)
+        other = powerSGD_hook(unaware, _Bucket(params, [scale * g for g in grads])).wait()
+        unaware_matches.append(torch.allclose(other, scale * want, rtol=1e-4, atol=0))
+    if max_norm is None:  # exact until the scale changes at step 2, wrong after it
+        assert unaware_matches[:2] == [True, True] and not all(unaware_matches[2:])
+    else:  # clipped 2**16 times too hard from the first compressed step
+        assert not any(unaware_matches[1:])
+
+
 def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
     """torchrun, 2 gloo workers on 127.0.0.1: gradlab's hook sends exactly the bytes of
     torch's powerSGD_hook and reaches a comparable loss; plain all-reduce sends 4 bytes/param."""
@@ -176,11 +219,13 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
            "--config", "name=torch,hook=torch,rank=2,start=2,min_rate=2",
            "--config", "name=ours,hook=gradlab,rank=2,start=2,min_rate=2",
            "--config", "name=from0,hook=gradlab,rank=2,start=0,min_rate=0",
-           "--config", "name=clip,hook=gradlab,rank=2,start=2,min_rate=2,clip=0.25"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+           "--config", "name=clip,hook=gradlab,rank=2,start=2,min_rate=2,clip=0.25",
+           "--config", "name=scaled,hook=gradlab,rank=2,start=2,min_rate=2,loss_scale=65536,growth=10,scale_aware=1",
+           "--config", "name=seed1,hook=allreduce,seed=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
-    plain, theirs, ours, from0, clip = record["runs"]
+    plain, theirs, ours, from0, clip, scaled, seed1 = record["runs"]
     assert record["world_size"] == 2
     assert plain["bytes_per_step"] == [plain["dense_bytes_per_step"]] * 40
     assert ours["bytes_per_step"] == theirs["bytes_per_step"]
@@ -199,3 +244,10 @@ def test_two_process_gloo_own_hook_matches_torch_hook(tmp_path):
     assert sum(g > 0.25 * (1 - 1e-3) for g in clip["grad_norms"]) >= 5
     assert max(clip["error_norms"]) < 0.7 * max(ours["error_norms"])
     assert clip["losses"][-1] < 0.8 * clip["losses"][0] and clip["skipped_steps"] == ours["skipped_steps"] == 0
+    # GradScaler's loss scaling (float32, the scale doubling every 10 steps) with the scaler handed to the
+    # hook: powers of two scale exactly, so the run must reproduce the unscaled one
+    assert scaled["loss_scales"][:10] == [65536.0] * 10 and scaled["loss_scales"][-1] == 65536.0 * 2**3
+    assert max(abs(a - b) / b for a, b in zip(scaled["losses"], ours["losses"])) < 1e-6
+    # a configuration's own seed: another data split, initialisation and batches
+    assert seed1["config"]["seed"] == 1 and plain["config"]["seed"] == 0
+    assert seed1["losses"][0] != plain["losses"][0]
