@@ -445,10 +445,14 @@ class Adam(Optimizer):
         \hat m_t = m_t / (1-\beta_1^t),\qquad \hat v_t = v_t / (1-\beta_2^t),\qquad
         \theta_t = \theta_{t-1} - \text{lr}\,\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
 
-    AMSGrad replaces ``v_t`` by its running maximum. Coupled weight decay adds
-    ``weight_decay * theta`` to ``g_t``; with ``decoupled_weight_decay=True``
-    (AdamW, Loshchilov & Hutter 2019) the parameters are instead multiplied by
-    ``1 - lr * weight_decay`` before the update.
+    AMSGrad (Reddi et al. 2018) replaces ``v_t`` by its running maximum
+    :math:`\max_{k \le t} v_k` and then divides that by :math:`1-\beta_2^t`, as
+    ``torch.optim.Adam`` does (the paper's algorithm has no bias correction).
+    Coupled weight decay adds ``weight_decay * theta`` to ``g_t``; with
+    ``decoupled_weight_decay=True`` (AdamW, Loshchilov & Hutter 2019) the
+    parameters are instead multiplied by ``1 - lr * weight_decay`` before the
+    update, a decay that follows ``lr`` (the paper multiplies its decay rate by
+    the schedule multiplier only).
 
     Each coordinate's step is a small multiple of ``lr`` whatever the scale of the
     gradients: exactly ``lr`` or less on the first step, about
