@@ -1,7 +1,7 @@
 """Sparse updates: optimizer step time against the number of touched rows.
 
 An embedding table of ``rows x dim`` float32 weights (1M x 64 by default, the
-issue's target case) receives a gradient that touches ``r`` random rows, the
+size the library targets) receives a gradient that touches ``r`` random rows, the
 way ``nn.Embedding(sparse=True)`` produces it (sparse COO, not yet coalesced).
 Timed per optimizer step:
 

@@ -18,9 +18,9 @@ while the matrix drifts as a weight does in training,
 ``W <- W + DRIFT * G / sqrt(n)`` with Gaussian ``G`` (a change of about
 ``2 * DRIFT = 2 %`` of ``sigma_max`` per update), over ``DRIFT_STEPS`` updates
 (``warm_step_rel_error``: max and mean). The timing of the warm step is taken
-on the static matrix: its cost does not depend on the entries. The issue's
-goals on the GPU, for n = 8192: the spectral norm within 1 % at <= 0.5 ms per
-warm-started step, and a rank-16 randomized SVD within 1.05x of the optimum.
+on the static matrix: its cost does not depend on the entries. Targets on a
+GPU, for n = 8192: the spectral norm within 1 % at <= 0.5 ms per warm-started
+step, and a rank-16 randomized SVD within 1.05x of the optimum.
 Benchmarks report; they never fail on time.
 
     python benchmarks/bench_spectral.py [--device auto|cpu|cuda] [--quick] [--threads N]
