@@ -103,8 +103,9 @@ browser-deps:
 # runs of every chapter alone (standalone), the student notebooks, the nbgrader round trip,
 # the book build (the one default-size execution), the PDF edition from it, the robustness
 # run, output regression, and the browser checks.
+# The first pytest run uses both cores (pytest-xdist): its notebooks run one thread each.
 test: $(STAMP) browser-deps lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/benchmarks tests/notebooks -q -m "not book and not browser and not pdf" --durations=10
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests/lib tests/benchmarks tests/notebooks -q -m "not book and not browser and not pdf" -n 2 --durations=15
 	$(MAKE) book
 	$(MAKE) pdf
 	$(MAKE) robust

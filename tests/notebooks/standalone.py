@@ -81,11 +81,16 @@ def stderr_outputs(nb) -> list[str]:
 
 
 def record_time(key: str, seconds: float, budget: float) -> None:
-    """Write the time to _build/quick_times.json; warn above the budget, fail far above it."""
+    """Write the time to _build/quick_times.json (under a lock: pytest-xdist runs tests in
+    parallel processes); warn above the budget, fail far above it."""
+    import fcntl
+
     BUILD.mkdir(exist_ok=True)
-    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
-    times[key] = {"seconds": round(seconds, 1), "budget_s": budget}
-    TIMES.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+    with open(BUILD / "quick_times.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        times[key] = {"seconds": round(seconds, 1), "budget_s": budget}
+        TIMES.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
     if seconds > budget:
         warnings.warn(f"{key} took {seconds:.0f} s in quick mode, over its {budget:.0f} s budget "
                       f"(fails only above {FAIL_FACTOR:.0f}x)", stacklevel=2)
