@@ -397,6 +397,65 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 '''
 
 
+# --------------------------------------------------------------------------- the instructors' page
+
+ALLOWANCE_MIN = {"coding": 20, "written": 15, "reading": 10}  # a student's minutes per item
+INSTRUCTORS = ROOT / "chapters" / "a3_instructors.md"
+BEGIN, END = "<!-- BEGIN GENERATED: tools/assignments.py -->", "<!-- END GENERATED: tools/assignments.py -->"
+
+
+def _checker(ex: Exercise) -> str:
+    calls = _check_calls(ex.stub) if ex.stub else []
+    return ", ".join(f"`{c.func.attr}`" for c in calls) or "by hand"
+
+
+def instructors_tables() -> str:
+    """The generated part of the instructors' page: points and time per assignment, and
+    every exercise with its kind, points and checker. Times come from the stored
+    measurement of the chapters (gradlab.benchmarks.load("chapters"))."""
+    from gradlab import benchmarks
+
+    record = benchmarks.load("chapters").get("cpu")
+    quick = {c["chapter"]: c["quick_s"] for c in record["cases"]} if record else {}
+    rows = ["| assignment | exercises: coding / written | points: autograded + by hand | quick run of the "
+            "set-up (measured) | student time (estimate) |", "|---|---|---|---|---|"]
+    detail = ["| assignment | exercise | kind | points | checked by |", "|---|---|---|---|---|"]
+    for src in numbered_chapters():
+        ch = parse_chapter(src)
+        coding = [ex for ex in ch.exercises if ex.coding]
+        written = [ex for ex in ch.exercises if not ex.coding]
+        auto = len(coding) * (POINTS_VISIBLE + POINTS_HIDDEN)
+        manual = len(written) * POINTS_WRITTEN
+        minutes = (ALLOWANCE_MIN["reading"] + ALLOWANCE_MIN["coding"] * len(coding)
+                   + ALLOWANCE_MIN["written"] * len(written))
+        run = f"{quick[src.stem]:.0f} s" if src.stem in quick else "not measured"
+        rows.append(f"| `{src.stem}`: {ch.title} | {len(coding)} / {len(written)} | {auto} + {manual} = "
+                    f"{auto + manual} | {run} | about {5 * round(minutes / 5)} min |")
+        for ex in ch.exercises:
+            kind = "coding (autograded)" if ex.coding else "written (by hand)"
+            pts = POINTS_VISIBLE + POINTS_HIDDEN if ex.coding else POINTS_WRITTEN
+            detail.append(f"| `{src.stem}` | {ex.number}. {ex.title} (`{ex.label}`) | {kind} | {pts} | "
+                          f"{_checker(ex)} |")
+    note = (f"Student time: {ALLOWANCE_MIN['reading']} minutes to set up and read the assignment, "
+            f"{ALLOWANCE_MIN['coding']} per coding exercise and {ALLOWANCE_MIN['written']} per written one "
+            "(our allowance, not a measurement), on top of the measured run time of a chapter in quick mode "
+            "on a 2-core CPU, which is what the assignment runs. Autograded points: "
+            f"{POINTS_VISIBLE} for the visible cases of the exercise's check and {POINTS_HIDDEN} for its hidden "
+            f"cases, each shared among its cases; a written answer is worth {POINTS_WRITTEN}.")
+    return "\n".join([BEGIN, "", *rows, "", note, "", *detail, "", END])
+
+
+def update_instructors_page() -> bool:
+    """Rewrite the generated tables of the instructors' page; True when they changed."""
+    text = INSTRUCTORS.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + instructors_tables() + text[end:]
+    if new == text:
+        return False
+    INSTRUCTORS.write_text(new)
+    return True
+
+
 def numbered_chapters() -> list[Path]:
     return sorted(p for p in (ROOT / "chapters").glob("[0-9][0-9]_*.md"))
 
@@ -420,7 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sources", nargs="*", type=Path, help="chapter sources (default: every numbered chapter)")
     ap.add_argument("--out", type=Path, default=ROOT / "_build" / "course")
+    ap.add_argument("--instructors", action="store_true",
+                    help="instead: rewrite the generated tables of chapters/a3_instructors.md")
     args = ap.parse_args(argv)
+    if args.instructors:
+        changed = update_instructors_page()
+        print(f"{INSTRUCTORS.relative_to(ROOT)}: {'tables rewritten' if changed else 'up to date'}")
+        return 0
     summary = write_course(args.out, [p.resolve() for p in args.sources] or None)
     for name, points in summary.items():
         print(f"{name}: {len(points)} exercises, {sum(points.values())} points")
