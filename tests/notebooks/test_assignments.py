@@ -169,3 +169,37 @@ def test_round_trip(course, name, scratch_home):
     assert lost and all(c.startswith(wrong_cell.removesuffix("-answer")) for c in lost), (lost, wrong_cell)
     feedback = (course / "feedback" / "mistake" / name / f"{name}.html").read_text()
     assert hint in feedback, f"the checker's hint ({hint!r}) is not in the feedback"
+
+
+def test_instructors_tables_are_up_to_date():
+    """The instructors' page shows the generated points and times of the current chapters."""
+    from tools.assignments import BEGIN, END, INSTRUCTORS, instructors_tables
+
+    text = INSTRUCTORS.read_text()
+    block = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert block == instructors_tables(), (
+        "chapters/a3_instructors.md's tables are stale: run `python tools/assignments.py --instructors` "
+        "(or `python tools/nbtools.py times` after `make test`)")
+
+
+def test_every_exercise_becomes_an_assignment_cell():
+    """Without nbgrader: each chapter's exercises are all in its assignment, coding ones with an
+    answer cell holding the book's solution and two test cells, written ones graded by hand."""
+    from tools.assignments import assignment, parse_chapter
+
+    for src in numbered_chapters():
+        nb, points = assignment(src)
+        ch = parse_chapter(src)
+        assert [ex.label for ex in ch.exercises] == list(points) and len(points) >= 3
+        ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells]
+        assert len(ids) == len(set(ids)), "grade ids must be unique"
+        for ex in ch.exercises:
+            if ex.coding:
+                answer = next(c for c in nb.cells if c.metadata["nbgrader"]["grade_id"] == f"{ex.label}-answer")
+                assert "### BEGIN SOLUTION" in answer.source and "### END SOLUTION" in answer.source
+                assert {f"{ex.label}-visible", f"{ex.label}-hidden"} <= set(ids)
+            else:
+                written = next(c for c in nb.cells if c.metadata["nbgrader"]["grade_id"] == f"{ex.label}-written")
+                assert written.cell_type == "markdown" and written.metadata["nbgrader"]["points"] > 0
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert "quick = True" in params.source
