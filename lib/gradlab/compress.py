@@ -171,9 +171,9 @@ class DGC:
     3. send :math:`\mathrm{top}_k(v)`; zero the sent entries of :math:`v` and,
        with ``momentum_masking`` (momentum factor masking), of :math:`u`.
 
-    The receiver applies the (averaged) message as a plain SGD step
-    :math:`\theta \leftarrow \theta - \alpha\,c`: the momentum already happened
-    on the worker. Invariant: ``sent + new v == old v + new u``.
+    The receiver applies the (averaged) message :math:`s` as a plain SGD step
+    with learning rate :math:`\eta`, :math:`\theta \leftarrow \theta - \eta\,s`:
+    the momentum already happened on the worker. Invariant: ``sent + new v == old v + new u``.
     """
 
     def __init__(self, k: int, momentum: float = 0.9, clip_norm: float | None = None,
@@ -264,8 +264,9 @@ def subspace_iteration_step(M: torch.Tensor, Q: torch.Tensor, allreduce: AllRedu
               Q_{\text{new}} = \tfrac{1}{N}\textstyle\sum_w M_w^\top P,
 
     so that ``P @ Q_new.T`` is the projection of the average ``M`` onto the
-    span of ``P`` (Vogels et al. 2019, Algorithm 1). ``M`` is ``n x m``, ``Q`` is
-    ``m x r``. ``allreduce`` sums a tensor in place across the ``N`` workers
+    span of ``P`` (Vogels et al. 2019, Algorithm 1). ``M`` is ``m x n``, ``Q`` is
+    ``n x r`` and ``P`` is ``m x r`` (the paper and torch's hook write ``n x m``).
+    ``allreduce`` sums a tensor in place across the ``N`` workers
     (``None``: one worker); ``world_size`` (``N``) divides the summed ``Q``.
     """
     world_size = _check_world_size(world_size, allreduce)
@@ -298,16 +299,16 @@ def best_rank_r(M: torch.Tensor, rank: int) -> torch.Tensor:
 
 def should_compress(shape: Sequence[int], rank: int, min_compression_rate: float = 2.0) -> bool:
     """Whether a tensor of ``shape`` is worth compressing at ``rank``: torch's rule
-    ``(n + m) * r * min_compression_rate < n * m`` for the ``n x m`` view
-    (``n = shape[0]``); vectors never are."""
+    ``(m + n) * r * min_compression_rate < m * n`` for the ``m x n`` view
+    (``m = shape[0]``), with ``r = min(m, n, rank)``; vectors never are."""
     rank = _check_rank(rank)
     _check_rate(min_compression_rate)
     if len(shape) < 2:
         return False
-    n = int(shape[0])
-    m = math.prod(int(s) for s in shape[1:])
-    r = min(n, m, rank)
-    return (n + m) * r * min_compression_rate < n * m
+    m = int(shape[0])
+    n = math.prod(int(s) for s in shape[1:])
+    r = min(m, n, rank)
+    return (m + n) * r * min_compression_rate < m * n
 
 
 class PowerSGD:
@@ -324,7 +325,7 @@ class PowerSGD:
 
     Parameters
     ----------
-    rank: the rank ``r >= 1``; capped at ``min(n, m)`` per tensor like torch.
+    rank: the rank ``r >= 1``; capped at ``min(m, n)`` per ``m x n`` tensor like torch.
     warm_start: reuse ``Q`` from the previous step (else a fresh random ``Q``).
     error_feedback: keep and re-add the compression error.
     seed: seeds the random initial ``Q`` (identical on all workers, which
@@ -355,8 +356,8 @@ class PowerSGD:
         self.errors: dict[object, torch.Tensor] = {}
         self.qs: dict[object, torch.Tensor] = {}
 
-    def _initial_q(self, m: int, r: int, like: torch.Tensor) -> torch.Tensor:
-        q = torch.randn(m, r, generator=self._gen, dtype=torch.float64)
+    def _initial_q(self, n: int, r: int, like: torch.Tensor) -> torch.Tensor:
+        q = torch.randn(n, r, generator=self._gen, dtype=torch.float64)
         return q.to(device=like.device, dtype=like.dtype)
 
     def compress(self, key, grad: torch.Tensor, allreduce: AllReduce | None = None,
@@ -381,8 +382,8 @@ class PowerSGD:
             M = _as_matrix(grad, "grad")
             if M.dtype != grads[0].dtype or M.device != grads[0].device:
                 raise ValueError("compress_many needs tensors of one dtype and device; call it per group")
-            n, m = M.shape
-            r = min(n, m, self.rank)
+            m, n = M.shape
+            r = min(m, n, self.rank)
             if self.error_feedback and key in self.errors:
                 err = self.errors[key]
                 if err.shape != M.shape:
@@ -390,8 +391,8 @@ class PowerSGD:
                                      f"{tuple(M.shape)}; use one key per tensor")
                 M = M + err
             q = self.qs.get(key) if self.warm_start else None
-            if q is None or q.shape != (m, r):
-                q = self._initial_q(m, r, M)
+            if q is None or q.shape != (n, r):
+                q = self._initial_q(n, r, M)
             Ms.append(M)
             qs.append(q)
         Ps = [M @ q for M, q in zip(Ms, qs)]
@@ -429,9 +430,10 @@ class PowerSGD:
         return [t.clone() for t in _split_like(flat, grads)]
 
     def error_norm(self) -> float:
-        """``sqrt(sum_key ||e_key||^2)``: watch it; steady growth means the
-        compressor drops more each step than it re-injects (too low a rank or
-        too high a learning rate)."""
+        """``sqrt(sum_key ||e_key||^2)``, the norm of everything compression has
+        delayed. Its size alone does not tell a too-low rank from a good one
+        (see the compression chapter): compare the training loss against a
+        higher rank or uncompressed all-reduce."""
         return float(global_norm(self.errors.values())) if self.errors else 0.0
 
     def reset(self) -> None:
@@ -450,7 +452,7 @@ def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1
       value and an index each (sparse vectors with different supports cannot be
       summed in place: they are all-gathered, so each of ``N`` workers also
       *receives* ``N - 1`` such messages);
-    * ``"powersgd"``: ``(n + m) r`` numbers for each matrix that passes
+    * ``"powersgd"``: ``(m + n) r`` numbers for each ``m x n`` matrix that passes
       :func:`should_compress` (``min_compression_rate=2`` is torch's default, as
       in :class:`PowerSGDState`), all entries of the others.
     """
@@ -467,8 +469,8 @@ def payload_bytes(shapes: Iterable[Sequence[int]], scheme: str, *, rank: int = 1
     total = 0
     for s in shapes:
         if should_compress(s, rank, min_compression_rate):
-            n, m = s[0], math.prod(s[1:])
-            total += (n + m) * min(n, m, rank)
+            m, n = s[0], math.prod(s[1:])
+            total += (m + n) * min(m, n, rank)
         else:
             total += math.prod(s)
     return total * element_size

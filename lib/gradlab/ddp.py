@@ -11,8 +11,8 @@ r"""Data-parallel training with compressed communication.
   NaN passes through uncompressed and stays out of the state), ``scaler`` (the
   hook works in unscaled units under mixed precision's loss scaling), and the
   monitoring fields ``bytes_sent``, ``grad_norm`` and :meth:`PowerSGDState.error_norm`;
-* :func:`main`: the training script of the compression chapter, run under
-  ``torchrun`` as a module (see below).
+* :func:`gradlab.ddp_train.main`: the training script of the compression
+  chapter, run under ``torchrun`` as ``python -m gradlab.ddp_train``.
 
 Neighbours: the compressors themselves (PowerSGD, top-k, error feedback) are in
 :mod:`gradlab.compress`; the multi-process training script that registers
@@ -79,7 +79,7 @@ class PowerSGDState(CommStats):
 
     Note the defaults: ``start_powerSGD_iter=1000`` all-reduces uncompressed
     for the first 1000 steps, and ``min_compression_rate=2`` leaves any matrix
-    with ``(n + m) r * 2 >= n m`` uncompressed, so a short run of a small model
+    (``m x n``) with ``(m + n) r * 2 >= m n`` uncompressed, so a short run of a small model
     with the defaults never compresses anything. Unlike torch's hook, errors
     are keyed by parameter, not by bucket, so ``start_powerSGD_iter`` may be
     0 or 1 (torch needs >= 2 because DDP rebuilds its buckets after step 1).
@@ -109,8 +109,9 @@ class PowerSGDState(CommStats):
     with an ``inf`` or ``NaN`` on any worker is all-reduced uncompressed (so
     ``GradScaler`` or a norm check after ``backward()`` sees it and skips the
     step), the error buffers and ``Q`` stay as they were, and clipping leaves a
-    non-finite bucket alone (scaling by ``max_norm / inf = 0`` would turn
-    ``inf`` into ``NaN`` and hide it). ``skipped_steps`` counts such steps.
+    non-finite bucket alone (scaling by ``max_norm / inf = 0`` would zero every
+    finite entry and turn the ``inf`` into ``NaN``, discarding the bucket's
+    information). ``skipped_steps`` counts such steps.
     """
 
     def __init__(self, process_group=None, matrix_approximation_rank: int = 1,
@@ -150,8 +151,9 @@ def powerSGD_hook(state: PowerSGDState, bucket) -> torch.futures.Future[torch.Te
     Register with ``ddp_model.register_comm_hook(state, powerSGD_hook)``. For
     the first ``state.start_powerSGD_iter`` steps it all-reduces the bucket
     unchanged. Then, per gradient in the bucket: matrices that pass
-    :func:`should_compress` are compressed (one all-reduce of ``n r`` numbers for
-    ``P`` and one of ``m r`` for ``Q``), everything else is all-reduced as is.
+    :func:`should_compress` are compressed (for an ``m x n`` matrix, one all-reduce
+    of ``m r`` numbers for ``P`` and one of ``n r`` for ``Q``), everything else is
+    all-reduced as is.
     Collectives are issued in the same order on every worker, which is what
     DDP requires. With ``state.scaler`` the bucket is divided by the loss scale
     before all of this and multiplied by it again at the end.

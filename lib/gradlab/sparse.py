@@ -182,11 +182,11 @@ class SparseAdam(torch.optim.Optimizer):
     .. math::
         m \leftarrow \beta_1 m + (1-\beta_1) g_t,\quad
         v \leftarrow \beta_2 v + (1-\beta_2) g_t^2,\quad
-        \theta \leftarrow \theta - \alpha\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+        \theta \leftarrow \theta - \eta\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
         \,\frac{m}{\sqrt{v} + \epsilon},
 
-    where :math:`t` counts the optimizer steps of the parameter (all rows share
-    it). Untouched rows keep their moments and values: unlike dense Adam
+    with learning rate :math:`\eta`, where :math:`t` counts the optimizer steps
+    of the parameter (all rows share it). Untouched rows keep their moments and values: unlike dense Adam
     (Kingma & Ba 2015) their moments do not decay and their momentum does not
     move them. The arithmetic follows torch's ``_functional.sparse_adam``
     operation for operation; the rows are gathered and written back with
@@ -255,15 +255,16 @@ class LazyAdam(torch.optim.Optimizer):
         t_i \leftarrow t_i+1,\;
         m_i \leftarrow \beta_1 m_i + (1-\beta_1) g_i,\;
         v_i \leftarrow \beta_2 v_i + (1-\beta_2) g_i^2,\;
-        \theta_i \leftarrow \theta_i - \alpha\,
-        \frac{m_i/(1-\beta_1^{t_i})}{\sqrt{v_i/(1-\beta_2^{t_i})}+\epsilon}.
+        \theta_i \leftarrow \theta_i - \eta\,
+        \frac{m_i/(1-\beta_1^{t_i})}{\sqrt{v_i/(1-\beta_2^{t_i})}+\epsilon},
 
-    A rare row therefore gets a fully bias-corrected first step of size
-    :math:`\alpha` (for :math:`\epsilon \ll |g|`), whereas :class:`SparseAdam`
-    corrects with the global step :math:`t` and gives a row first touched at
-    step :math:`t` a first step of
-    :math:`\alpha\,(1-\beta_1)\sqrt{1-\beta_2^t}\,/\,\big((1-\beta_1^t)\sqrt{1-\beta_2}\big)`,
-    which tends to :math:`\sqrt{1000}/10 \approx 3.2\,\alpha` for the default betas.
+    with learning rate :math:`\eta`. A rare row therefore gets a fully
+    bias-corrected first step of size :math:`\eta` (for
+    :math:`\epsilon \ll |g|`), whereas :class:`SparseAdam` corrects with the
+    global step :math:`t` and gives a row first touched at step :math:`t` a
+    first step of
+    :math:`\eta\,(1-\beta_1)\sqrt{1-\beta_2^t}\,/\,\big((1-\beta_1^t)\sqrt{1-\beta_2}\big)`,
+    which tends to :math:`\sqrt{1000}/10 \approx 3.2\,\eta` for the default betas.
 
     With ``catch_up=True`` a row last touched at step :math:`s` first has its
     moments decayed by :math:`\beta_1^{t-s-1}`, :math:`\beta_2^{t-s-1}`: exactly
@@ -347,7 +348,10 @@ class LazySGD(torch.optim.Optimizer):
     .. math::
         d_i = g_i + \lambda\theta_i,\quad
         b_i \leftarrow \mu b_i + (1-\tau) d_i \;(b_i = d_i \text{ on the row's first touch}),\quad
-        \theta_i \leftarrow \theta_i - \alpha\,(d_i + \mu b_i \text{ if Nesterov else } b_i).
+        \theta_i \leftarrow \theta_i - \eta\,(d_i + \mu b_i \text{ if Nesterov else } b_i),
+
+    with learning rate :math:`\eta`, weight decay :math:`\lambda`, momentum
+    :math:`\mu` and dampening :math:`\tau`.
 
     With ``momentum=0`` it equals ``torch.optim.SGD`` on sparse gradients; with
     dense gradients it equals ``torch.optim.SGD`` for every setting. On sparse
