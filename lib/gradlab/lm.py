@@ -459,13 +459,12 @@ def summarize(records: list[TrainRecord], spike_factor: float = 100.0) -> dict:
     }
 
 
-
 # ----------------------------------------------------------------------------- inside an LSTM
 
 
 @dataclass
 class LSTMUnroll:
-    """The first LSTM layer of a :class:`CharRNN`, one time step at a time.
+    """The LSTM layer of a one-layer :class:`CharRNN`, one time step at a time.
 
     ``output``: ``[B, T, H]``, the hidden states stacked (what ``nn.LSTM`` returns);
     ``h``: the ``T`` hidden states ``h_t`` (``[B, H]`` each), with ``retain_grad()``
