@@ -14,7 +14,10 @@ knobs of the usual remedies:
   ``lr / (sqrt(v_hat) + eps)`` and the relative update size);
 * :func:`fix_stages`, :func:`summarize`: the case study's cumulative fixes and
   its one-row-per-configuration summary;
-* :func:`evaluate`, :func:`sample`.
+* :func:`evaluate`, :func:`sample`;
+* :func:`lstm_unroll`, :func:`lstm_step_jacobian`, :func:`gate_saturation`,
+  :func:`probe_lstm`: the LSTM layer one time step at a time, to look inside a
+  backward pass (gradient through time, step Jacobians, saturated gates).
 
 The loop uses the book's own parts: :class:`gradlab.optim.Adam` /
 :class:`~gradlab.optim.AdamW`, :func:`gradlab.clip.clip_grad_norm_`,
@@ -59,6 +62,12 @@ __all__ = [
     "summarize",
     "evaluate",
     "sample",
+    "LSTMUnroll",
+    "lstm_unroll",
+    "lstm_step_jacobian",
+    "gate_saturation",
+    "LSTMProbe",
+    "probe_lstm",
 ]
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -445,3 +454,179 @@ def summarize(records: list[TrainRecord], spike_factor: float = 100.0) -> dict:
                             for r in records]),
         "sigma_max W_hh": median([r.sigma_hh[-1] if r.sigma_hh else float("nan") for r in records]),
     }
+
+
+# ----------------------------------------------------------------------------- inside an LSTM
+
+
+@dataclass
+class LSTMUnroll:
+    """The LSTM layer of a one-layer :class:`CharRNN`, one time step at a time.
+
+    ``output``: ``[B, T, H]``, the hidden states stacked (what ``nn.LSTM`` returns);
+    ``h``: the ``T`` hidden states ``h_t`` (``[B, H]`` each), with ``retain_grad()``
+    so that ``h[t].grad`` is ``dL/dh_t`` after a backward pass; ``c``: the cell
+    states ``[B, T, H]`` (detached); ``gates``: the gate activations ``[B, T, 4, H]``
+    in PyTorch's order (input ``i``, forget ``f``, cell ``g``, output ``o``; detached).
+    """
+
+    output: torch.Tensor
+    h: list[torch.Tensor]
+    c: torch.Tensor
+    gates: torch.Tensor
+
+
+def _lstm_layer(model: nn.Module) -> nn.LSTM:
+    rnn = getattr(model, "rnn", None)
+    if not isinstance(rnn, nn.LSTM) or rnn.num_layers != 1 or rnn.bidirectional or rnn.proj_size:
+        raise ValueError("expected a CharRNN with one unidirectional LSTM layer (cell='lstm', "
+                         f"num_layers=1), got {type(model).__name__} with rnn={rnn!r}")
+    return rnn
+
+
+def lstm_unroll(model: nn.Module, x: torch.Tensor) -> LSTMUnroll:
+    r"""Run the LSTM layer of ``model`` (a one-layer LSTM :class:`CharRNN`) on the
+    character codes ``x`` (``[B, T]``) one step at a time, from a zero state:
+
+    .. math::
+        i, f, g, o = \sigma(z_i), \sigma(z_f), \tanh(z_g), \sigma(z_o), \quad
+        z = W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh},
+
+        c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh(c_t)
+
+    (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000, in
+    ``torch.nn.LSTM``'s gate order). The output equals ``model.rnn(model.embed(x))[0]``
+    up to rounding; unlike the fused call it keeps every ``h_t`` for its gradient.
+    """
+    rnn = _lstm_layer(model)
+    emb = model.embed(x)
+    B, T, _ = emb.shape
+    h = emb.new_zeros(B, rnn.hidden_size)
+    c = torch.zeros_like(h)
+    hs, cs, gates = [], [], []
+    for t in range(T):
+        z = (emb[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0
+             + h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0)
+        zi, zf, zg, zo = z.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        if h.requires_grad:
+            h.retain_grad()
+        hs.append(h)
+        cs.append(c.detach())
+        gates.append(torch.stack([i, f, g, o], dim=1).detach())
+    return LSTMUnroll(torch.stack(hs, 1), hs, torch.stack(cs, 1), torch.stack(gates, 1))
+
+
+def lstm_step_jacobian(weight_hh: torch.Tensor, gates: torch.Tensor, c_prev: torch.Tensor,
+                       c: torch.Tensor) -> torch.Tensor:
+    r"""Jacobian of one LSTM step with respect to its state, in closed form.
+
+    The state is ``s_t = (h_t, c_t)`` (``2H`` numbers); with the gate activations
+    ``gates = (i, f, g, o)`` of that step (``[..., 4, H]``), the previous and new cell
+    states ``c_prev``, ``c`` (``[..., H]``) and ``W_hh = [W_i; W_f; W_g; W_o]``
+    (``[4H, H]``):
+
+    .. math::
+        \frac{\partial c_t}{\partial h_{t-1}} = D_f W_f + D_i W_i + D_g W_g, \quad
+        D_f = \mathrm{diag}(c_{t-1} f (1-f)),\ D_i = \mathrm{diag}(g\, i (1-i)),\
+        D_g = \mathrm{diag}(i (1-g^2)),
+
+        \frac{\partial c_t}{\partial c_{t-1}} = \mathrm{diag}(f), \quad
+        \frac{\partial h_t}{\partial s_{t-1}} = \mathrm{diag}(o (1-\tanh^2 c_t))
+        \frac{\partial c_t}{\partial s_{t-1}}
+        + \big[\mathrm{diag}(\tanh(c_t)\, o (1-o)) W_o,\ 0\big].
+
+    Returns ``[..., 2H, 2H]``, rows and columns ordered ``(h, c)``. A saturated gate
+    (its derivative near 0) removes its block of ``W_hh`` from the Jacobian, which is
+    how the gates decide how much of ``W_hh`` the gradient through time sees.
+    """
+    H = weight_hh.shape[1]
+    if weight_hh.shape[0] != 4 * H:
+        raise ValueError(f"weight_hh must be [4H, H] (an LSTM's recurrent weight), got {tuple(weight_hh.shape)}")
+    if gates.shape[-2:] != (4, H) or c_prev.shape[-1] != H or c.shape != c_prev.shape:
+        raise ValueError(f"gates must be [..., 4, {H}] and c_prev, c [..., {H}] with the same shape, got "
+                         f"{tuple(gates.shape)}, {tuple(c_prev.shape)}, {tuple(c.shape)}")
+    i, f, g, o = gates.unbind(-2)
+    W_i, W_f, W_g, W_o = weight_hh.split(H, dim=0)
+    dc_dh = ((c_prev * f * (1 - f))[..., :, None] * W_f + (g * i * (1 - i))[..., :, None] * W_i
+             + (i * (1 - g * g))[..., :, None] * W_g)
+    dc_dc = torch.diag_embed(f)
+    tc = torch.tanh(c)
+    a = o * (1 - tc * tc)
+    dh_dh = a[..., :, None] * dc_dh + (tc * o * (1 - o))[..., :, None] * W_o
+    dh_dc = torch.diag_embed(a * f)
+    top = torch.cat([dh_dh, dh_dc], dim=-1)
+    bottom = torch.cat([dc_dh, dc_dc], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+def gate_saturation(gates: torch.Tensor, threshold: float = 0.1) -> float:
+    r"""Fraction of gate units that are saturated: derivative below ``threshold``
+    times its largest value, i.e. :math:`4\sigma(1-\sigma) <` ``threshold`` for the
+    sigmoid gates ``i, f, o`` and :math:`1 - \tanh^2 <` ``threshold`` for ``g``
+    (``gates``: activations ``[..., 4, H]`` in the order of :class:`LSTMUnroll`).
+    With ``threshold = 0.1`` a sigmoid gate counts as saturated beyond
+    :math:`|z| \approx 3.6`, the ``tanh`` gate beyond :math:`|z| \approx 1.8`."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if gates.dim() < 2 or gates.shape[-2] != 4:
+        raise ValueError(f"gates must be [..., 4, H] (i, f, g, o), got {tuple(gates.shape)}")
+    i, f, g, o = gates.unbind(-2)
+    deriv = torch.stack([4 * i * (1 - i), 4 * f * (1 - f), 1 - g * g, 4 * o * (1 - o)])
+    return float((deriv < threshold).double().mean())
+
+
+@dataclass
+class LSTMProbe:
+    """One batch's backward pass seen from inside an LSTM layer (:func:`probe_lstm`).
+
+    ``grad_h[t]`` is ``||dL/dh_t||`` (Frobenius norm over the batch); ``growth`` is
+    ``grad_h[0] / grad_h[-1]``, how much larger the gradient is at the start of the
+    window than at its end; ``saturation`` is :func:`gate_saturation` over the batch
+    and window; ``jacobian_norms`` are the spectral norms of the step Jacobians
+    (:func:`lstm_step_jacobian`) at the sampled sequences and positions; ``loss`` is
+    the batch's cross-entropy.
+    """
+
+    grad_h: list[float]
+    growth: float
+    saturation: float
+    jacobian_norms: list[float]
+    loss: float
+
+
+def probe_lstm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, positions=None,
+               sequences: int = 2) -> LSTMProbe:
+    """Backward pass of the cross-entropy of ``model`` on the batch ``(x, y)``
+    through :func:`lstm_unroll`, and what it shows: the gradient norm at every
+    hidden state, its growth through the window, the fraction of saturated gates,
+    and the spectral norms of the step Jacobians for the first ``sequences`` of
+    the batch at ``positions`` (default: every 16th position from 1). The model's
+    parameter gradients are left as they were."""
+    rnn = _lstm_layer(model)
+    T = x.shape[1]
+    if positions is None:
+        positions = range(1, T, 16)
+    positions = list(positions)
+    if not positions or min(positions) < 1 or max(positions) >= T:
+        raise ValueError(f"positions must be time steps in [1, {T - 1}] (the step Jacobian at t "
+                         f"needs c_(t-1)), got {positions}")
+    if not 1 <= sequences <= x.shape[0]:
+        raise ValueError(f"sequences must be in [1, {x.shape[0]}] (the batch size), got {sequences}")
+    run = lstm_unroll(model, x)
+    logits = model.head(run.output)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    grads = torch.autograd.grad(loss, run.h)  # leaves the parameters' .grad alone
+    grad_h = [float(g.double().norm()) for g in grads]
+    with torch.no_grad():
+        t = torch.tensor(positions, device=x.device)
+        J = lstm_step_jacobian(rnn.weight_hh_l0.detach(), run.gates[:sequences, t],
+                               run.c[:sequences, t - 1], run.c[:sequences, t])
+        J = J.flatten(0, -3)
+        # sigma_max(J)^2 is the top eigenvalue of J^T J: a symmetric eigensolver is several
+        # times cheaper here than the SVD behind torch.linalg.matrix_norm(J, 2).
+        norms = torch.linalg.eigvalsh(J.mT @ J)[:, -1].clamp_min(0).sqrt()
+    return LSTMProbe(grad_h=grad_h, growth=grad_h[0] / grad_h[-1], saturation=gate_saturation(run.gates),
+                     jacobian_norms=[float(v) for v in norms], loss=float(loss.detach()))

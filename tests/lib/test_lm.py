@@ -399,3 +399,144 @@ def test_summarize_counts_spikes_and_takes_medians():
     assert lm.summarize(recs[:2])["peak |g|"] == 100.0  # even count: mean of the middle two
     with pytest.raises(ValueError, match="at least one"):
         lm.summarize([])
+
+
+# ----------------------------------------------------------------------------- inside an LSTM
+
+
+def _lstm(H=12, seed=0, scale=1.0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = lm.CharRNN(20, hidden_size=H, embedding_dim=5).to(dtype)
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.mul_(scale)  # scale > 1 pushes the gates towards saturation
+    x = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(seed + 1))
+    return model, x, y
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_lstm_unroll_matches_nn_lstm(dtype, tol):
+    model, x, _ = _lstm(dtype=dtype, scale=3.0)
+    run = lm.lstm_unroll(model, x)
+    ref, (h_n, c_n) = model.rnn(model.embed(x))
+    torch.testing.assert_close(run.output, ref, atol=tol, rtol=0)
+    torch.testing.assert_close(run.c[:, -1], c_n[0], atol=tol, rtol=0)
+    assert len(run.h) == 9 and run.gates.shape == (3, 9, 4, 12)
+    i, f, g, o = run.gates[:, -1].unbind(1)
+    torch.testing.assert_close(run.h[-1], o * torch.tanh(run.c[:, -1]), atol=tol, rtol=0)
+    assert bool(((run.gates[:, :, [0, 1, 3]] > 0) & (run.gates[:, :, [0, 1, 3]] < 1)).all())
+
+
+def test_lstm_unroll_keeps_the_gradient_of_every_hidden_state():
+    model, x, y = _lstm()
+    run = lm.lstm_unroll(model, x)
+    F.cross_entropy(model.head(run.output).reshape(-1, 20), y.reshape(-1)).backward()
+    assert all(h.grad is not None and h.grad.shape == (3, 12) for h in run.h)
+    # the last state only feeds its own read-out: its gradient is W_head^T (softmax - onehot) / N
+    logits = model.head(run.output[:, -1]).detach()
+    delta = (torch.softmax(logits, -1) - F.one_hot(y[:, -1], 20)) / y.numel()
+    torch.testing.assert_close(run.h[-1].grad, delta @ model.head.weight.detach())
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_lstm_step_jacobian_matches_autograd(scale):
+    model, x, _ = _lstm(scale=scale)
+    rnn, H = model.rnn, 12
+    run = lm.lstm_unroll(model, x)
+    emb = model.embed(x).detach()
+
+    def cell(state, e):
+        h, c = state[:H], state[H:]
+        z = rnn.weight_ih_l0 @ e + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0
+        zi, zf, zg, zo = z.chunk(4)
+        c2 = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+        return torch.cat([torch.sigmoid(zo) * torch.tanh(c2), c2])
+
+    for b, t in [(0, 1), (2, 5), (1, 8)]:
+        state = torch.cat([run.h[t - 1][b].detach(), run.c[b, t - 1]])
+        ref = torch.func.jacrev(cell)(state, emb[b, t]).detach()
+        J = lm.lstm_step_jacobian(rnn.weight_hh_l0.detach(), run.gates[b, t], run.c[b, t - 1], run.c[b, t])
+        torch.testing.assert_close(J, ref, atol=1e-12, rtol=0)
+    # batched over leading dimensions
+    Jb = lm.lstm_step_jacobian(rnn.weight_hh_l0.detach(), run.gates[:, 1:], run.c[:, :-1], run.c[:, 1:])
+    assert Jb.shape == (3, 8, 24, 24)
+    torch.testing.assert_close(Jb[2, 4], lm.lstm_step_jacobian(rnn.weight_hh_l0.detach(), run.gates[2, 5],
+                                                                 run.c[2, 4], run.c[2, 5]))
+
+
+def test_lstm_step_jacobian_rejects_bad_shapes():
+    W = torch.zeros(40, 10)
+    with pytest.raises(ValueError, match="weight_hh must be"):
+        lm.lstm_step_jacobian(torch.zeros(30, 10), torch.zeros(4, 10), torch.zeros(10), torch.zeros(10))
+    with pytest.raises(ValueError, match="gates must be"):
+        lm.lstm_step_jacobian(W, torch.zeros(3, 10), torch.zeros(10), torch.zeros(10))
+    with pytest.raises(ValueError, match="gates must be"):
+        lm.lstm_step_jacobian(W, torch.zeros(4, 10), torch.zeros(10), torch.zeros(2, 10))
+
+
+def test_gate_saturation_counts_derivatives_below_the_threshold():
+    z = torch.tensor([0.0, 3.0, 4.0, -5.0])  # sigmoid derivative x4: 1, 0.18, 0.07, 0.03
+    gates = torch.stack([torch.sigmoid(z), torch.sigmoid(z), torch.tanh(z / 2), torch.sigmoid(z)])
+    # tanh(z/2) at 0, 1.5, 2, -2.5: 1 - tanh^2 = 1, 0.18, 0.07, 0.03 as well
+    assert lm.gate_saturation(gates) == pytest.approx(0.5)
+    assert lm.gate_saturation(gates, threshold=0.05) == pytest.approx(0.25)
+    assert lm.gate_saturation(gates[None, None].expand(2, 3, 4, 4)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        lm.gate_saturation(gates, threshold=1.5)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 4, H\]"):
+        lm.gate_saturation(torch.zeros(3, 5))
+
+
+def test_probe_lstm_measures_the_backward_pass():
+    model, x, y = _lstm(scale=2.0)
+    run = lm.lstm_unroll(model, x)
+    loss = F.cross_entropy(model.head(run.output).reshape(-1, 20), y.reshape(-1))
+    loss.backward()
+    expected = [float(h.grad.norm()) for h in run.h]
+    for p in model.parameters():
+        p.grad = None
+    probe = lm.probe_lstm(model, x, y, positions=[1, 4, 8], sequences=2)
+    assert probe.grad_h == pytest.approx(expected, rel=1e-10)
+    assert probe.growth == pytest.approx(expected[0] / expected[-1], rel=1e-10)
+    assert probe.loss == pytest.approx(loss.item(), rel=1e-12)
+    assert probe.saturation == pytest.approx(lm.gate_saturation(run.gates))
+    J = lm.lstm_step_jacobian(model.rnn.weight_hh_l0.detach(), run.gates[:2, [1, 4, 8]],
+                              run.c[:2, [0, 3, 7]], run.c[:2, [1, 4, 8]])
+    ref = torch.linalg.matrix_norm(J, ord=2).flatten()
+    assert probe.jacobian_norms == pytest.approx(ref.tolist(), rel=1e-8)
+    assert all(p.grad is None for p in model.parameters())  # the parameters' gradients are left alone
+    assert len(lm.probe_lstm(model, x, y).jacobian_norms) == 2  # default positions: 1 (every 16th)
+
+
+def test_probe_lstm_sees_an_exploding_product():
+    """A large recurrent weight with unsaturated gates explodes the gradient through time;
+    the same model with the recurrent weight switched off does not."""
+    torch.manual_seed(0)
+    model = lm.CharRNN(20, hidden_size=32, embedding_dim=4).double()
+    x = torch.randint(0, 20, (4, 40), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 20, (4, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.rnn.bias_ih_l0[32:64] = 6.0  # forget gate open: the cell keeps its memory
+        W = torch.randn(128, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        model.rnn.weight_hh_l0.copy_(3.0 * W / math.sqrt(32))
+    big = lm.probe_lstm(model, x, y)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.zero_()
+    off = lm.probe_lstm(model, x, y)
+    assert big.growth > 100 * off.growth
+    # without W_hh only the cell path is left: per unit [[0, a f], [0, f]] with a, f < 1
+    assert max(off.jacobian_norms) <= math.sqrt(2)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(positions=[0, 3]), "positions must be"),
+    (dict(positions=[9]), "positions must be"),
+    (dict(sequences=4), "sequences must be"),
+])
+def test_probe_lstm_rejects_bad_arguments(kw, match):
+    model, x, y = _lstm()
+    with pytest.raises(ValueError, match=match):
+        lm.probe_lstm(model, x, y, **kw)
+    with pytest.raises(ValueError, match="one unidirectional LSTM layer"):
+        lm.probe_lstm(lm.CharRNN(20, hidden_size=4, cell="gru"), x, y)
