@@ -151,7 +151,7 @@ def test_visible_and_hidden_cases_split_all_cases():
 @pytest.mark.parametrize("checker", [c for name, c in vars(checks).items() if name.startswith("check_")],
                          ids=lambda c: c.__name__)
 def test_every_checker_takes_the_cases_keyword(checker):
-    arg = torch.tensor([[0.9, 30.0], [0.0, 0.9]]) if checker is checks.check_transient_growth else print
+    arg = torch.tensor([[0.99, 3.0], [0.0, 0.99]]) if checker is checks.check_transient_growth else print
     with pytest.raises(ValueError, match="cases must be one of 'all', 'visible', 'hidden'"):
         checker(arg, cases="some")
     visible, hidden, everything = (checker(arg, cases=s) for s in ("visible", "hidden", "all"))
@@ -257,7 +257,7 @@ def test_checkers_leave_the_global_random_state_alone():
     for checker in FUNCTION_CHECKERS:
         checker(lambda *args: None)
     checks.check_clip_grad_norm(book_clip)
-    checks.check_transient_growth(torch.tensor([[0.9, 30.0], [0.0, 0.9]]))
+    checks.check_transient_growth(torch.tensor([[0.99, 3.0], [0.0, 0.99]]))
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -312,21 +312,55 @@ def test_torch_float32_total_norm_overflows_where_ours_does_not():
     assert result.failed == ["large gradients (1e20)"]
 
 
+def transient_peak(W, powers=1000):
+    """max_k ||W^k||_2 and ||W^powers||_2, straight from numpy."""
+    P, norms = np.eye(len(W)), []
+    for _ in range(powers):
+        P = P @ np.asarray(W, dtype=float)
+        norms.append(np.linalg.norm(P, 2))
+    return max(norms), norms[-1]
+
+
 def test_transient_growth():
-    assert checks.check_transient_growth(torch.tensor([[0.9, 30.0], [0.0, 0.9]])).passed
-    assert checks.check_transient_growth([[0.9, 30.0], [0.0, 0.9]]).passed  # nested lists
-    weak = fails_with(checks.check_transient_growth(torch.tensor([[0.9, 1.0], [0.0, 0.9]])), "non-normal")
+    book = [[0.99, 3.0], [0.0, 0.99]]  # the book's solution: sigma_max 3.3, peak about 111 at k = 100
+    assert checks.check_transient_growth(torch.tensor(book)).passed
+    assert checks.check_transient_growth(book).passed  # nested lists
+    assert checks.check_transient_growth(np.array(book)).passed
+    peak, last = transient_peak(book)
+    result = checks.check_transient_growth(book)
+    assert f"{peak:.4g}" in result.message and 100 < peak < 120 and last < peak / 2
+    # a 3 x 3 chain also works: rho 0.9, sigma_max 3.6, peak about 257
+    assert checks.check_transient_growth([[0.9, 3.0, 0.0], [0.0, 0.9, 3.0], [0.0, 0.0, 0.9]]).passed
+    # the section's example, scaled up, passes rho and the peak but not sigma_max
+    scaled = checks.check_transient_growth([[0.9, 30.0], [0.0, 0.9]])
+    assert scaled.failed == ["largest singular value at most 4"]
+    fails_with(scaled, "sigma_max(W) = 30.")
+    # with sigma_max <= 4, rho = 0.9 cannot reach 100: the peak is about 3.9 c <= 16
+    weak = fails_with(checks.check_transient_growth([[0.9, 3.7], [0.0, 0.9]]), "section's example")
     assert weak.failed == ["a peak of at least 100"]
+    assert "non-normal" not in weak.message and "off-diagonal" not in weak.message  # no giveaway
+    assert transient_peak([[0.9, 3.7], [0.0, 0.9]])[0] < 16
+    stub = checks.check_transient_growth(0.9 * torch.eye(2))
+    assert stub.failed == ["a peak of at least 100"] and "0.9" in stub.message
     unstable = fails_with(checks.check_transient_growth(torch.tensor([[1.1, 0.0], [0.0, 0.5]])), ">= 1")
     assert "spectral radius below 1" in unstable.failed
     assert not checks.check_transient_growth(torch.ones(2, 3)).passed
-    slow = fails_with(checks.check_transient_growth(torch.tensor([[0.999, 1.0], [0.0, 0.999]])), "still grows")
-    assert slow.failed == ["a decay after the peak (before k = 200)"]
+    slow = fails_with(checks.check_transient_growth(torch.tensor([[0.999, 1.0], [0.0, 0.999]])), "outlasts")
+    assert slow.failed == ["a decay after the peak (below half of it by k = 1000)"]
+    assert checks.check_transient_growth([[0.999, 1.0], [0.0, 0.999]], max_power=5000).passed
+    assert checks.check_transient_growth([[0.9, 30.0], [0.0, 0.9]], max_sigma=40).passed
+    assert not checks.check_transient_growth(book, min_peak=200).passed
     fails_with(checks.check_transient_growth("abc"), "square matrix of numbers")
     fails_with(checks.check_transient_growth(torch.zeros(0, 0)), "square matrix")
     fails_with(checks.check_transient_growth([[1e10, 1e10], [0.0, 1e10]]), ">= 1")  # powers overflow
     fails_with(checks.check_transient_growth([[float("nan"), 0.0], [0.0, 0.5]]), "NaN or inf")
-    assert len(checks.check_transient_growth([[0.9, 30.0], [0.0, 0.9]], cases="visible").cases) == 3
+    visible = checks.check_transient_growth(book, cases="visible")
+    assert len(visible.cases) == 4 and visible.passed
+    assert len(checks.check_transient_growth(book, cases="hidden").cases) == 1
+    for bad in ({"min_peak": 0}, {"max_sigma": -1.0}, {"max_power": 1}, {"max_power": 10.5}):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=name):
+            checks.check_transient_growth(book, **bad)
 
 
 def right_jacobian(weights, x):
