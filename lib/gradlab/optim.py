@@ -145,7 +145,9 @@ class SGD(Optimizer):
         d_t = g_t + \mu b_t \text{ (Nesterov) or } b_t,\qquad
         \theta_t = \theta_{t-1} - \text{lr}\, d_t .
 
-    Momentum as in Sutskever et al. (2013), in the form used by ``torch.optim.SGD``.
+    Heavy-ball momentum (Polyak 1964) in the form used by ``torch.optim.SGD``
+    (the buffer holds gradients and ``lr`` multiplies it at the step); Nesterov's
+    variant as in Sutskever et al. (2013), written for the look-ahead point.
     The step is unbounded: a gradient a thousand times larger moves the
     parameters a thousand times further.
     """
@@ -243,7 +245,8 @@ class Adagrad(Optimizer):
 
     The sum ``s`` only grows: after one gradient spike of size ``G`` in a stream of
     unit gradients, the step at step ``t`` is ``sqrt(t / (G^2 + t - 1))`` times the
-    step without the spike, a slowdown that fades only like ``1/sqrt(t)``.
+    step without the spike, a slowdown whose deficit ``1 - ratio`` falls like
+    ``(G^2 - 1) / (2 t)``, i.e. like ``1/t``, once ``t >> G^2``.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-2, lr_decay: float = 0,
@@ -459,7 +462,9 @@ class Adam(Optimizer):
     ``lr (1-beta1)/sqrt(1-beta2)`` (3.16 lr at the default betas) for a gradient after
     a long stretch of zero gradients (Kingma & Ba, Sec. 2.1), and never more than
     :func:`adam_step_bound` times ``lr`` (at most about 7.27 lr at the default betas).
-    The whole update can still reach about ``lr * sqrt(d)`` for ``d`` parameters.
+    The whole update of ``d`` parameters is bounded only per coordinate: its norm
+    can reach up to ``adam_step_bound * lr * sqrt(d)`` (about 7.3 ``lr * sqrt(d)``); on
+    the first step it is about ``lr * sqrt(d)`` (less only through ``eps``).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
