@@ -59,7 +59,7 @@ def book_solutions():
 BOOK = book_solutions()
 # chapter 2's solution iterates over a single tensor's rows; the fix (wrap a tensor in a list)
 # goes into the chapter. strict: once the chapter is fixed this test must lose its marker.
-KNOWN_BROKEN = {"ex-clip-global": "chapter 2's clip solution crashes on a single tensor"}
+KNOWN_BROKEN: dict[str, str] = {}  # label -> why the book's solution is known to fail (none now)
 
 
 def test_every_checker_a_chapter_calls_has_a_book_solution():

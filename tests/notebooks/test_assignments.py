@@ -64,14 +64,12 @@ def my_adam_step(p, g, m, v, t, lr, beta1, beta2, eps):
     m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
     return p - lr * m_hat / (v_hat.sqrt() + eps), m, v
 ''', "keep the dtype"),
-    "05_sparse": ("my_ef_topk", '''
-def my_ef_topk(grad, residual, k):
-    acc = grad + residual
-    keep = torch.zeros(acc.numel(), dtype=torch.bool)
-    keep[torch.topk(grad.abs().flatten(), k).indices] = True
-    sent = torch.where(keep.view(acc.shape), acc, torch.zeros_like(acc))
-    return sent, acc - sent
-''', "grad + residual"),
+    # element by element with Python's max: right on vectors (the visible cases), fails on
+    # matrices (two hidden cases)
+    "05_sparse": ("my_soft_threshold", '''
+def my_soft_threshold(x, tau):
+    return torch.stack([torch.sign(v) * max(abs(v) - tau, 0) for v in x])
+''', "more than one value is ambiguous"),
     "06_compress": ("my_power_step", '''
 def my_power_step(M, Q):
     P = torch.linalg.qr(M @ Q).Q

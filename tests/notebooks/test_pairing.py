@@ -50,6 +50,8 @@ def test_chapter_template(md):
         "the cell after the parameters must install gradlab only when missing, with --no-deps"
     assert f"git+{url}" in setup, "the install cell must use the repository URL from _config.yml"
     assert not re.search(r"install[^\n]*\b(torch|numpy)\b", setup), "the install cell must not install torch/numpy"
+    assert "hide-cell" in code[idx[0] + 1].metadata.get("tags", []), \
+        "the install cell is plumbing, not content: tag it hide-cell (collapsed in the book, kept in notebooks)"
     text = md.read_text()
     assert "Time to run" in text and "TIME_" not in text, "the measured run time must be filled in"
     assert f"{{download}}`{md.stem}.ipynb <{md.stem}.ipynb>`" in text, \
