@@ -98,3 +98,14 @@ def test_stored_benchmark_page_lists_every_stored_result():
     assert int(match.group(1)) == len(stored), (
         f"a2_benchmarks.ipynb lists {match.group(1)} result files, gradlab/benchmark_results holds {len(stored)}: "
         "re-execute it (python tools/nbtools.py execute chapters/a2_benchmarks.md)")
+
+
+@pytest.mark.parametrize("md", [p for p in SOURCES if re.match(r"\d\d_", p.stem)], ids=lambda p: p.stem)
+def test_every_exercise_says_what_it_runs_on(md):
+    """Students run quick mode: an exercise that reads the chapter's numbers says which size
+    they come from (or that its check does not depend on it); the others say "pen and paper"."""
+    silent = [m.group(1).strip().splitlines()[0]
+              for m in re.finditer(r"```\{exercise\}(.*?)\n```", md.read_text(), re.S)
+              if not re.search(r"quick|(default|any|either|chapter's)\s+size|pen[-\s]and[-\s]paper",
+                                m.group(1), re.I)]
+    assert not silent, f"exercises of {md.stem} that do not say which size they expect: {silent}"
