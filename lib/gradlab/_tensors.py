@@ -26,6 +26,15 @@ import torch
 FOREACH_DEVICE_TYPES = ("cpu", "cuda", "xpu")
 
 
+def evaluate_closure(closure) -> float | None:
+    """The loss that an optimizer's ``step(closure)`` returns: ``closure()`` evaluated with
+    gradients enabled (``step`` itself runs under ``torch.no_grad``), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def use_foreach(foreach: bool | None, devices: Iterable[torch.device], *,
                 default: Iterable[str] = FOREACH_DEVICE_TYPES, strict: bool = True) -> bool:
     """Whether to take the multi-tensor path for tensors on ``devices``.

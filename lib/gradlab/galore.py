@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from gradlab import _validate
+from gradlab._tensors import evaluate_closure
 from gradlab.compress import _check_rank
 
 __all__ = ["GaLoreAdamW", "optimizer_state_bytes"]
@@ -91,10 +92,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

@@ -51,7 +51,7 @@ import torch
 from torch.optim import Optimizer
 
 from gradlab import _validate
-from gradlab._tensors import group_by_device_dtype, use_foreach
+from gradlab._tensors import evaluate_closure, group_by_device_dtype, use_foreach
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "adam_step_bound"]
 
@@ -171,10 +171,7 @@ class SGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: _Closure = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             for p in group["params"]:
@@ -278,10 +275,7 @@ class Adagrad(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: _Closure = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, sums, steps = [], [], [], []
             for p in group["params"]:
@@ -359,10 +353,7 @@ class RMSprop(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: _Closure = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, sq, gavg, bufs, steps = [], [], [], [], [], []
             for p in group["params"]:
@@ -489,10 +480,7 @@ class Adam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: _Closure = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, ms, vs, vmax, steps = [], [], [], [], [], []
             for p in group["params"]:

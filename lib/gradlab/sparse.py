@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from gradlab import _validate
+from gradlab._tensors import evaluate_closure
 
 __all__ = [
     "SparseAdam",
@@ -202,10 +203,7 @@ class SparseAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """Perform a single optimization step (``closure`` re-evaluates the loss)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps = float(group["lr"]), group["eps"]
@@ -289,10 +287,7 @@ class LazyAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """Perform a single optimization step (``closure`` re-evaluates the loss)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, catch_up = float(group["lr"]), group["eps"], group["catch_up"]
@@ -377,10 +372,7 @@ class LazySGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """Perform a single optimization step (``closure`` re-evaluates the loss)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, mu, tau = float(group["lr"]), group["momentum"], group["dampening"]
             wd, nesterov = group["weight_decay"], group["nesterov"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import gradlab
-from gradlab import checks, lm
+from gradlab import lm
 from gradlab.data import encode_chars, load_text
 
 TEXT = load_text()
@@ -315,53 +315,6 @@ def test_training_on_cuda_matches_cpu_loosely(splits):
     assert len(gpu.loss) == 5 and all(math.isfinite(v) for v in gpu.loss)
     assert gpu.loss[0] == pytest.approx(math.log(len(vocab)), rel=0.15)
     assert cpu.loss[0] == pytest.approx(math.log(len(vocab)), rel=0.15)
-
-
-# ----------------------------------------------------------------------------- checkers
-
-
-def test_check_warmup_accepts_right_and_explains_wrong():
-    assert checks.check_warmup(lm.warmup_factor).passed
-    assert checks.check_warmup(lambda s, w: 1.0 if w == 0 else min(1.0, (s + 1) / w)).passed
-    off_by_one = checks.check_warmup(lambda s, w: 1.0 if w == 0 else min(1.0, s / w))
-    assert not off_by_one.passed and "off by one" in off_by_one.message
-    uncapped = checks.check_warmup(lambda s, w: 1.0 if w == 0 else (s + 1) / w)
-    assert not uncapped.passed and "min(1" in uncapped.message
-    no_zero = checks.check_warmup(lambda s, w: min(1.0, (s + 1) / w))
-    assert not no_zero.passed and "ZeroDivisionError" in no_zero.message
-
-    def not_written(step, warmup_steps):
-        raise NotImplementedError
-
-    assert "not written yet" in checks.check_warmup(not_written).message
-
-
-def _guard(history, norm, factor):
-    if not math.isfinite(norm):
-        return True
-    recent = [h for h in history if math.isfinite(h)][-20:]
-    return bool(recent) and norm > factor * statistics.median(recent)
-
-
-def test_check_spike_guard_accepts_right_and_explains_wrong():
-    assert checks.check_spike_guard(_guard).passed
-
-    def mean_guard(history, norm, factor):
-        if not math.isfinite(norm):
-            return True
-        recent = history[-20:]
-        return bool(recent) and norm > factor * statistics.mean(recent)
-
-    def ignores_nan(history, norm, factor):
-        recent = history[-20:]
-        return bool(recent) and norm > factor * statistics.median(recent)
-
-    wrong_mean = checks.check_spike_guard(mean_guard)
-    assert not wrong_mean.passed and "median" in wrong_mean.message
-    wrong_nan = checks.check_spike_guard(ignores_nan)
-    assert not wrong_nan.passed and "non-finite" in wrong_nan.message
-    always = checks.check_spike_guard(lambda h, n, f: True)
-    assert not always.passed and "empty history" in always.message
 
 
 # ----------------------------------------------------------------------------- stages and summary
