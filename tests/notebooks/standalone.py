@@ -26,7 +26,7 @@ BUILD = ROOT / "_build"
 TIMES = BUILD / "quick_times.json"
 # A run is slow above its budget (reported as a warning and in quick_times.json); it fails
 # only far beyond it, where something hangs: a busy shared CI machine must not fail the tests.
-FAIL_FACTOR = 4.0
+FAIL_FACTOR = 6.0  # a 2-core machine running two tests at once and more besides reached 4.7x
 
 
 def build_wheel(workdir: Path) -> tuple[Path, Path]:

@@ -3,7 +3,7 @@ directory, gradlab installed from a built wheel (not the repository), quick mode
 
 These are the book's quick runs: each chapter's wall time is written to
 _build/quick_times.json against its budget (30 s, or ``gradlab: {quick_budget_s: N}`` in
-the chapter's metadata); over budget is a warning, and only a run over 4x its budget
+the chapter's metadata); over budget is a warning, and only a run over 6x its budget
 fails (see ``standalone.FAIL_FACTOR``).
 """
 
