@@ -41,6 +41,7 @@ def test_chapter_template(md):
     for name, default in (("device", '"auto"'), ("quick", "False"), ("seed", "0")):
         assert re.search(rf"^{name} = {default}(?=\s|$)", params, re.M), f"parameters cell lacks {name} = {default}"
     for c in code[: idx[0]]:
+        assert "hide-cell" in c.metadata.get("tags", []), "imports above the parameters are collapsed: tag hide-cell"
         for line in c.source.splitlines():
             assert not line.strip() or line.startswith(("import ", "from ", "#")), \
                 f"only imports may come before the parameters cell, found {line!r}"
