@@ -419,7 +419,9 @@ def instructors_tables() -> str:
     quick = {c["chapter"]: c["quick_s"] for c in record["cases"]} if record else {}
     rows = ["| assignment | exercises: coding / written | points: autograded + by hand | quick run of the "
             "set-up (measured) | student time (estimate) |", "|---|---|---|---|---|"]
-    detail = ["| assignment | exercise | kind | points | checked by |", "|---|---|---|---|---|"]
+    # three columns: the long names (chapter, label, checker) share the wide first one, so
+    # that the PDF's table fits the page
+    detail = ["| exercise (assignment, number, title, label; checker) | kind | points |", "|---|---|---|"]
     for src in numbered_chapters():
         ch = parse_chapter(src)
         coding = [ex for ex in ch.exercises if ex.coding]
@@ -434,8 +436,8 @@ def instructors_tables() -> str:
         for ex in ch.exercises:
             kind = "coding (autograded)" if ex.coding else "written (by hand)"
             pts = POINTS_VISIBLE + POINTS_HIDDEN if ex.coding else POINTS_WRITTEN
-            detail.append(f"| `{src.stem}` | {ex.number}. {ex.title} (`{ex.label}`) | {kind} | {pts} | "
-                          f"{_checker(ex)} |")
+            checker = f"; {_checker(ex)}" if ex.coding else ""
+            detail.append(f"| `{src.stem}` {ex.number}. {ex.title} (`{ex.label}`{checker}) | {kind} | {pts} |")
     note = (f"Student time: {ALLOWANCE_MIN['reading']} minutes to set up and read the assignment, "
             f"{ALLOWANCE_MIN['coding']} per coding exercise and {ALLOWANCE_MIN['written']} per written one "
             "(our allowance, not a measurement), on top of the measured run time of a chapter in quick mode "

@@ -110,3 +110,12 @@ def test_every_exercise_says_what_it_runs_on(md):
               if not re.search(r"quick|(default|any|either|chapter's)\s+size|pen[-\s]and[-\s]paper",
                                 m.group(1), re.I)]
     assert not silent, f"exercises of {md.stem} that do not say which size they expect: {silent}"
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_headings_are_plain_text(md):
+    """A heading becomes a PDF bookmark, which cannot hold math or a cross-reference role: a
+    fast check of what the PDF build (test_pdf's LaTeX warnings) finds only after minutes."""
+    text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    bad = [h for h in re.findall(r"^#{1,6} .*$", text, re.M) if re.search(r"\$|\{\w+\}`", h)]
+    assert not bad, f"headings with math or roles in {md.name}: {bad}"
