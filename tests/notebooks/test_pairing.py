@@ -45,6 +45,9 @@ def test_chapter_template(md):
         for line in c.source.splitlines():
             assert not line.strip() or line.startswith(("import ", "from ", "#")), \
                 f"only imports may come before the parameters cell, found {line!r}"
+    before = nb.cells[nb.cells.index(code[idx[0]]) - 1]
+    assert before.cell_type == "markdown" and "parameters" in before.source, \
+        "one sentence before the parameters cell says what it holds and how to change it"
     setup = code[idx[0] + 1].source
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     assert "find_spec(\"gradlab\") is None" in setup and "--no-deps" in setup, \
