@@ -63,9 +63,9 @@ def time_line(record: dict, stem: str) -> str:
     case = next((c for c in record["cases"] if c["chapter"] == stem), None)
     if case is None:
         raise KeyError(f"no measured run time for {stem}: run `make test`, then `python tools/nbtools.py times`")
-    return (f"**Time to run** (measured on a 2-core CPU, {record['device']}, with one thread; kernel start "
-            f"included): {_about(case['default_s'])} at the default size shown here, "
-            f"{_about(case['quick_s'])} with `quick=True`.")
+    return (f"**Time to run** (measured on a 2-core CPU, {record['device']}, with one thread): "
+            f"{_about(case['default_s'])} at the default size shown here, "
+            f"{_about(case['quick_s'])} with `quick=True` (run alone, kernel start included).")
 
 
 def store_times(build: Path) -> Path:

@@ -122,3 +122,16 @@ def test_headings_are_plain_text(md):
     text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
     bad = [h for h in re.findall(r"^#{1,6} .*$", text, re.M) if re.search(r"\$|\{\w+\}`", h)]
     assert not bad, f"headings with math or roles in {md.name}: {bad}"
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=[p.stem for p in SOURCES])
+def test_time_to_run_line_is_the_stored_measurement(md):
+    """The "Time to run" line is written by `tools/nbtools.py times` from the measured run
+    times stored with gradlab (benchmark_results/cpu/chapters.json), never by hand."""
+    from gradlab import benchmarks
+    from tools.nbtools import time_line
+
+    record = benchmarks.load("chapters")["cpu"]
+    assert time_line(record, md.stem) in md.read_text(), (
+        f"{md.name}'s 'Time to run' line is not the stored measurement: after `make test`, "
+        "run `python tools/nbtools.py times`")
