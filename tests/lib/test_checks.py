@@ -81,10 +81,8 @@ def test_the_books_solution_passes_every_case(chapter, label, checker, name, cod
     assert all(passed for _, passed, _ in result.cases)
 
 
-def book_clip(parameters, max_norm):
-    """Chapter 2's solution with the fix for a single tensor."""
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
+def unfixed_clip(parameters, max_norm):
+    """Chapter 2's solution without the fix: iterating over a single tensor walks its rows."""
     grads = [p.grad for p in parameters if p.grad is not None]
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
@@ -93,18 +91,17 @@ def book_clip(parameters, max_norm):
     return total
 
 
+def book_clip(parameters, max_norm):
+    """Chapter 2's solution with the fix for a single tensor."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    return unfixed_clip(parameters, max_norm)
+
+
 def test_the_fixed_clip_solution_passes_and_the_unfixed_one_fails_on_the_single_tensor_only():
     assert checks.check_clip_grad_norm(book_clip).passed
 
-    def unfixed(parameters, max_norm):
-        grads = [p.grad for p in parameters if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(scale)
-        return total
-
-    result = fails_with(checks.check_clip_grad_norm(unfixed), "a single tensor",
+    result = fails_with(checks.check_clip_grad_norm(unfixed_clip), "a single tensor",
                         "if isinstance(parameters, torch.Tensor): parameters = [parameters]")
     assert result.failed == ["a single tensor instead of a list"]
     assert result.score == pytest.approx(6 / 7)
@@ -427,6 +424,19 @@ def total_norm(params):
     return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
+def scales_in_place(factor):
+    """A clip_grad_norm_ that multiplies each gradient in place by factor(p.grad, total,
+    max_norm) and returns the total norm: right or wrong depending on the factor."""
+    def clip_fn(parameters, max_norm):
+        params = as_list(parameters)
+        total = total_norm(params)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(factor(p.grad, total, max_norm))
+        return total
+    return clip_fn
+
+
 def test_clip_grad_norm_accepts_torch_and_gradlab():
     from gradlab import clip
 
@@ -464,13 +474,7 @@ def test_clip_grad_norm_names_each_mistake():
         return total
     fails_with(checks.check_clip_grad_norm(no_sqrt), "the norm has no square root")
 
-    def per_tensor(parameters, max_norm):
-        params = as_list(parameters)
-        total = total_norm(params)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(min(1.0, max_norm / (p.grad.norm().item() + 1e-6)))
-        return total
+    per_tensor = scales_in_place(lambda g, total, c: min(1.0, c / (g.norm().item() + 1e-6)))
     fails_with(checks.check_clip_grad_norm(per_tensor), "each tensor separately")
 
     def no_return(parameters, max_norm):
@@ -478,13 +482,7 @@ def test_clip_grad_norm_names_each_mistake():
     result = fails_with(checks.check_clip_grad_norm(no_return), "returned None", "return the total norm")
     assert len(result.failed) == 7
 
-    def no_min(parameters, max_norm):
-        params = as_list(parameters)
-        total = total_norm(params)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(max_norm / (total + 1e-6))
-        return total
+    no_min = scales_in_place(lambda g, total, c: c / (total + 1e-6))
     result = fails_with(checks.check_clip_grad_norm(no_min), "enlarged small gradients")
     assert result.failed == ["small gradients, max_norm=100 (nothing to clip)"]
 
@@ -519,13 +517,7 @@ def test_clip_grad_norm_names_each_mistake():
         return total
     fails_with(checks.check_clip_grad_norm(scales_weights), "not their gradients p.grad")
 
-    def upside_down(parameters, max_norm):
-        params = as_list(parameters)
-        total = total_norm(params)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(total / max_norm)
-        return total
+    upside_down = scales_in_place(lambda g, total, c: total / c)
     fails_with(checks.check_clip_grad_norm(upside_down), "upside down")
 
     def forgets_none(parameters, max_norm):
